@@ -1,0 +1,96 @@
+//! Turning envelopes into bytes and back.
+//!
+//! Two wire formats share one [`Codec`] trait:
+//! - [`JsonCodec`]: the Go upstream's format, one compact JSON object plus `\n` per envelope,
+//!   base64 for bytes. Used when TLS negotiated no ALPN (every Go peer).
+//! - [`BinaryCodec`]: length-prefixed frames carrying raw bytes. Used when both peers negotiated
+//!   ALPN [`ALPN_BINARY`].
+//!
+//! Both enforce a maximum frame size *before* buffering or allocating a large frame.
+
+mod binary;
+mod json;
+
+pub use binary::BinaryCodec;
+pub use json::JsonCodec;
+
+use bytes::BytesMut;
+
+use crate::envelope::Envelope;
+use crate::error::Result;
+
+/// ALPN protocol id that selects the binary codec between Rust peers.
+pub const ALPN_BINARY: &[u8] = b"fluidity/2";
+
+/// Default largest frame a decoder accepts: 1 MiB.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 1024 * 1024;
+
+/// What a decoder produced from one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A well-formed envelope.
+    Envelope(Envelope),
+    /// A well-framed envelope this side ignores: an unknown `type`, or a payload whose fields do
+    /// not fit (Go peers skip these too). The connection stays up.
+    Skipped {
+        /// The envelope's `type`.
+        kind: String,
+        /// Why it was skipped.
+        reason: String,
+    },
+}
+
+/// A wire format: envelopes in, bytes out; bytes in, envelopes out.
+///
+/// Decoding is incremental: `decode` consumes one whole frame from the front of `src` and
+/// returns `Ok(None)` while the frame is incomplete. An `Err` means the stream is corrupt and the
+/// connection must be closed.
+pub trait Codec: Send + std::fmt::Debug {
+    /// Appends the encoding of `envelope` to `dst`.
+    fn encode(&mut self, envelope: &Envelope, dst: &mut BytesMut) -> Result<()>;
+
+    /// Removes one frame from the front of `src` and decodes it.
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Decoded>>;
+
+    /// Which wire format this is.
+    fn kind(&self) -> CodecKind;
+}
+
+/// The two wire formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CodecKind {
+    /// Go-compatible JSON lines.
+    Json,
+    /// Length-prefixed binary frames.
+    Binary,
+}
+
+impl CodecKind {
+    /// The codec a TLS connection uses, given the ALPN protocol it negotiated.
+    pub fn from_alpn(alpn: Option<&[u8]>) -> CodecKind {
+        match alpn {
+            Some(p) if p == ALPN_BINARY => CodecKind::Binary,
+            _ => CodecKind::Json,
+        }
+    }
+
+    /// A fresh codec of this kind with the given decode limit.
+    pub fn new_codec(self, max_frame_size: usize) -> Box<dyn Codec> {
+        match self {
+            CodecKind::Json => Box::new(JsonCodec::new(max_frame_size)),
+            CodecKind::Binary => Box::new(BinaryCodec::new(max_frame_size)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alpn_selects_the_codec() {
+        assert_eq!(CodecKind::from_alpn(Some(b"fluidity/2")), CodecKind::Binary);
+        assert_eq!(CodecKind::from_alpn(None), CodecKind::Json);
+        assert_eq!(CodecKind::from_alpn(Some(b"h2")), CodecKind::Json);
+    }
+}

@@ -1,0 +1,137 @@
+//! The crate's one error type.
+
+use std::time::Duration;
+
+use crate::envelope::StreamId;
+
+/// Everything that can go wrong in `fluidity-core`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A frame announced or reached more bytes than the decoder accepts; the connection is
+    /// corrupt or hostile and is closed.
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// Bytes announced (binary) or seen so far without a frame end (JSON).
+        size: usize,
+        /// The configured maximum frame size.
+        limit: usize,
+    },
+
+    /// The byte stream is not a sequence of envelopes (bad JSON, missing `type`, truncated
+    /// binary header); the connection is closed.
+    #[error("malformed frame: {0}")]
+    MalformedFrame(String),
+
+    /// An envelope could not be encoded (e.g. a payload field outside the wire format's range).
+    #[error("cannot encode {kind}: {reason}")]
+    Encode {
+        /// Envelope type.
+        kind: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The peer closed the connection or the session was shut down.
+    #[error("tunnel closed: {0}")]
+    ConnectionClosed(String),
+
+    /// The peer stopped answering heartbeats.
+    #[error("peer silent for {0:?}: heartbeat timeout")]
+    HeartbeatTimeout(Duration),
+
+    /// The peer refused to open the stream (target unreachable, egress denied, ...).
+    #[error("stream {id} refused: {reason}")]
+    Refused {
+        /// The stream.
+        id: StreamId,
+        /// The peer's reason, verbatim.
+        reason: String,
+    },
+
+    /// The stream was reset by the peer or by a protocol violation; other streams are unaffected.
+    #[error("stream {id} reset: {reason}")]
+    StreamReset {
+        /// The stream.
+        id: StreamId,
+        /// Why.
+        reason: String,
+    },
+
+    /// The stream id is not (or no longer) known to this session.
+    #[error("unknown stream {0}")]
+    UnknownStream(StreamId),
+
+    /// The operation does not fit the stream's state (e.g. writing after `finish`).
+    #[error("stream {id}: {reason}")]
+    StreamState {
+        /// The stream.
+        id: StreamId,
+        /// What is not allowed.
+        reason: &'static str,
+    },
+
+    /// The session already runs its maximum number of concurrent streams.
+    #[error("too many concurrent streams (limit {0})")]
+    TooManyStreams(usize),
+
+    /// A legacy (Go) HTTP body had to be held whole and grew past the allowed size.
+    #[error("body of stream {id} exceeds {limit} bytes, the most a Go peer can be sent in one envelope")]
+    BodyTooLarge {
+        /// The stream.
+        id: StreamId,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// A transport, certificate or locator operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An operation did not finish within its time limit.
+    #[error("{0} timed out after {1:?}")]
+    Timeout(&'static str, Duration),
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether this error means the whole tunnel is gone (as opposed to one stream).
+    pub fn is_connection_level(&self) -> bool {
+        matches!(
+            self,
+            Error::FrameTooLarge { .. }
+                | Error::MalformedFrame(_)
+                | Error::ConnectionClosed(_)
+                | Error::HeartbeatTimeout(_)
+        )
+    }
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for std::io::Error {
+    fn from(err: Error) -> Self {
+        let kind = match &err {
+            Error::Refused { .. } => std::io::ErrorKind::ConnectionRefused,
+            Error::StreamReset { .. } => std::io::ErrorKind::ConnectionReset,
+            Error::ConnectionClosed(_) | Error::HeartbeatTimeout(_) => std::io::ErrorKind::ConnectionAborted,
+            Error::Timeout(..) => std::io::ErrorKind::TimedOut,
+            Error::Io { source, .. } => source.kind(),
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, err)
+    }
+}

@@ -1,0 +1,26 @@
+//! Fluidity's transport-agnostic core.
+//!
+//! Fluidity carries many HTTP exchanges, CONNECT streams and WebSocket sessions over one
+//! mutual-TLS connection. This crate holds everything both ends share:
+//!
+//! - [`envelope`]: the message model (the Go upstream's twelve types plus extensions);
+//! - [`codec`]: the Go-compatible JSON lines codec and the binary codec;
+//! - [`session`]: the multiplexer as a sans-IO state machine (bytes and time in, bytes and
+//!   events out) with per-stream flow control and heartbeats;
+//! - [`driver`]: a thin tokio driver that runs a session over any `AsyncRead + AsyncWrite`
+//!   and hands out streams that are themselves `AsyncRead + AsyncWrite`;
+//! - [`transport`], [`issue`], [`locate`]: the seams binaries and embedders plug into.
+//!
+//! See `docs/protocol.md` for the wire format.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod driver;
+pub mod envelope;
+pub mod error;
+pub mod issue;
+pub mod locate;
+pub mod session;
+pub mod transport;
+
+pub use error::{Error, Result};
