@@ -15,7 +15,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::json::{decode_payload, encode_payload};
-use super::{Codec, CodecKind, Decoded};
+use super::{Codec, CodecKind, DataFrame, Decoded};
 use crate::envelope::*;
 use crate::error::{Error, Result};
 
@@ -136,6 +136,28 @@ impl Codec for BinaryCodec {
             reason: format!("{len} bytes do not fit a binary frame"),
         })?;
         dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    fn encode_data(&mut self, frame: DataFrame<'_>, dst: &mut BytesMut) -> Result<()> {
+        let (code, id, ws_type, data) = match frame {
+            DataFrame::Connect(id, data) => (CONNECT_DATA, id, None, data),
+            DataFrame::Body(id, data) => (BODY_CHUNK, id, None, data),
+            DataFrame::WebSocket(id, t, data) => (WS_MESSAGE, id, Some(t), data),
+        };
+        let len = 1 + 8 + usize::from(ws_type.is_some()) + data.len();
+        let len32 = u32::try_from(len).map_err(|_| Error::Encode {
+            kind: "data",
+            reason: format!("{len} bytes do not fit a binary frame"),
+        })?;
+        dst.reserve(4 + len);
+        dst.put_u32(len32);
+        dst.put_u8(code);
+        dst.put_u64(id.0);
+        if let Some(t) = ws_type {
+            dst.put_u8(t);
+        }
+        dst.extend_from_slice(data);
         Ok(())
     }
 

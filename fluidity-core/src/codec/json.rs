@@ -16,7 +16,7 @@ use serde::de::{DeserializeOwned, Deserializer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Codec, CodecKind, Decoded};
+use super::{Codec, CodecKind, DataFrame, Decoded};
 use crate::envelope::*;
 use crate::error::{Error, Result};
 
@@ -41,6 +41,26 @@ impl JsonCodec {
 impl Codec for JsonCodec {
     fn encode(&mut self, envelope: &Envelope, dst: &mut BytesMut) -> Result<()> {
         encode_envelope(envelope, dst);
+        Ok(())
+    }
+
+    fn encode_data(&mut self, frame: DataFrame<'_>, dst: &mut BytesMut) -> Result<()> {
+        let (name, id, field, ws_type, data) = match frame {
+            DataFrame::Connect(id, data) => ("connect_data", id, "chunk", None, data),
+            DataFrame::Body(id, data) => ("body_chunk", id, "data", None, data),
+            DataFrame::WebSocket(id, t, data) => ("ws_message", id, "data", Some(t), data),
+        };
+        dst.reserve(64 + data.len() / 3 * 4 + 4);
+        dst.extend_from_slice(b"{\"type\":\"");
+        dst.extend_from_slice(name.as_bytes());
+        dst.extend_from_slice(b"\",\"payload\":{");
+        let mut o = Obj::new(dst);
+        o.id(id);
+        if let Some(t) = ws_type {
+            o.num("message_type", t.into());
+        }
+        o.bytes(field, data);
+        dst.extend_from_slice(b"}}\n");
         Ok(())
     }
 

@@ -16,7 +16,7 @@ pub use json::JsonCodec;
 
 use bytes::BytesMut;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, StreamId};
 use crate::error::Result;
 
 /// ALPN protocol id that selects the binary codec between Rust peers.
@@ -49,11 +49,26 @@ pub trait Codec: Send + std::fmt::Debug {
     /// Appends the encoding of `envelope` to `dst`.
     fn encode(&mut self, envelope: &Envelope, dst: &mut BytesMut) -> Result<()>;
 
+    /// Appends one data frame encoded straight from a borrowed slice (the hot path: no
+    /// intermediate [`Envelope`] and no extra copy).
+    fn encode_data(&mut self, frame: DataFrame<'_>, dst: &mut BytesMut) -> Result<()>;
+
     /// Removes one frame from the front of `src` and decodes it.
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Decoded>>;
 
     /// Which wire format this is.
     fn kind(&self) -> CodecKind;
+}
+
+/// A data-carrying envelope whose payload is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub enum DataFrame<'a> {
+    /// `connect_data`.
+    Connect(StreamId, &'a [u8]),
+    /// `body_chunk`.
+    Body(StreamId, &'a [u8]),
+    /// `ws_message` with its message type.
+    WebSocket(StreamId, u8, &'a [u8]),
 }
 
 /// The two wire formats.
