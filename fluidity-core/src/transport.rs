@@ -1,1 +1,140 @@
-//! TODO
+//! How tunnel connections are made: the [`Transport`] seam.
+//!
+//! Accepting and handshaking are separate steps (as in rathole): the accept loop only
+//! accepts, and each handshake (TLS, certificate checks) runs in the connection's own task
+//! with its own timeout, so a slow or hostile client never blocks other clients.
+//!
+//! This module ships two simple transports: [`MemoryTransport`] (in-process, for tests and
+//! embedding) and [`TcpTransport`] (plain TCP, **no encryption**, for tests and trusted
+//! loopback only). Mutual TLS lives in its own transport built on these traits.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::codec::CodecKind;
+use crate::error::{Error, Result};
+
+/// A connection that finished its handshake, with what the session needs to know.
+#[derive(Debug)]
+pub struct Established<S> {
+    /// The authenticated byte stream.
+    pub stream: S,
+    /// The wire format agreed on (by ALPN for TLS).
+    pub codec: CodecKind,
+    /// The peer's address as the socket sees it.
+    pub peer: SocketAddr,
+}
+
+/// A way to reach and accept tunnel peers.
+pub trait Transport: Send + Sync + 'static {
+    /// A connection accepted but not yet authenticated.
+    type Raw: Send + 'static;
+    /// A connection ready for the session.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Waits for the next incoming connection. Must return quickly: no handshake here.
+    fn accept(&self) -> impl Future<Output = Result<(Self::Raw, SocketAddr)>> + Send;
+
+    /// Authenticates an accepted connection (run it in the connection's own task).
+    fn handshake(&self, raw: Self::Raw, peer: SocketAddr) -> impl Future<Output = Result<Established<Self::Stream>>> + Send;
+
+    /// Dials a server and completes the handshake.
+    fn connect(&self, address: SocketAddr) -> impl Future<Output = Result<Established<Self::Stream>>> + Send;
+}
+
+/// Plain TCP with a fixed codec. **No encryption or authentication**: tests, benchmarks and
+/// trusted loopback only.
+#[derive(Debug)]
+pub struct TcpTransport {
+    listener: Option<TcpListener>,
+    codec: CodecKind,
+}
+
+impl TcpTransport {
+    /// A transport that accepts on `listener` (if any) and speaks `codec`.
+    pub fn new(listener: Option<TcpListener>, codec: CodecKind) -> Self {
+        TcpTransport { listener, codec }
+    }
+}
+
+impl Transport for TcpTransport {
+    type Raw = TcpStream;
+    type Stream = TcpStream;
+
+    async fn accept(&self) -> Result<(TcpStream, SocketAddr)> {
+        let listener = self
+            .listener
+            .as_ref()
+            .ok_or_else(|| Error::io("accepting", std::io::Error::other("this transport has no listener")))?;
+        listener.accept().await.map_err(|e| Error::io("accepting a tunnel connection", e))
+    }
+
+    async fn handshake(&self, raw: TcpStream, peer: SocketAddr) -> Result<Established<TcpStream>> {
+        let _ = raw.set_nodelay(true);
+        Ok(Established { stream: raw, codec: self.codec, peer })
+    }
+
+    async fn connect(&self, address: SocketAddr) -> Result<Established<TcpStream>> {
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| Error::io(format!("connecting to {address}"), e))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Established { stream, codec: self.codec, peer: address })
+    }
+}
+
+/// In-process transport: `connect` hands one end of a `tokio::io::duplex` pipe to `accept`.
+/// Clones share the same "network".
+#[derive(Debug, Clone)]
+pub struct MemoryTransport {
+    sender: mpsc::Sender<DuplexStream>,
+    receiver: Arc<Mutex<mpsc::Receiver<DuplexStream>>>,
+    codec: CodecKind,
+    buffer: usize,
+}
+
+/// The address memory connections report.
+const MEMORY_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+impl MemoryTransport {
+    /// A new in-process network speaking `codec`, with pipes buffering `buffer` bytes.
+    pub fn new(codec: CodecKind, buffer: usize) -> Self {
+        let (sender, receiver) = mpsc::channel(16);
+        MemoryTransport {
+            sender,
+            receiver: Arc::new(Mutex::new(receiver)),
+            codec,
+            buffer,
+        }
+    }
+}
+
+impl Transport for MemoryTransport {
+    type Raw = DuplexStream;
+    type Stream = DuplexStream;
+
+    async fn accept(&self) -> Result<(DuplexStream, SocketAddr)> {
+        match self.receiver.lock().await.recv().await {
+            Some(stream) => Ok((stream, MEMORY_PEER)),
+            None => Err(Error::ConnectionClosed("memory transport dropped".into())),
+        }
+    }
+
+    async fn handshake(&self, raw: DuplexStream, peer: SocketAddr) -> Result<Established<DuplexStream>> {
+        Ok(Established { stream: raw, codec: self.codec, peer })
+    }
+
+    async fn connect(&self, address: SocketAddr) -> Result<Established<DuplexStream>> {
+        let (ours, theirs) = tokio::io::duplex(self.buffer);
+        self.sender
+            .send(theirs)
+            .await
+            .map_err(|_| Error::ConnectionClosed("no memory listener".into()))?;
+        Ok(Established { stream: ours, codec: self.codec, peer: address })
+    }
+}

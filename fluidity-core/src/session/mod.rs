@@ -159,7 +159,12 @@ pub struct Session {
     recently_closed: HashSet<StreamId>,
     recently_closed_order: VecDeque<StreamId>,
     next_id: u64,
-    /// The peer's `hello`: `Some` means it speaks the extensions.
+    /// Streams use the extensions (credit, streamed HTTP, half-close): only with the binary
+    /// codec, where both ends are Rust peers from the first byte. Over JSON every stream keeps
+    /// the Go semantics, because a JSON peer may be a Go peer and both ends must agree on a
+    /// stream's semantics without a round trip.
+    extensions: bool,
+    /// The peer's `hello`.
     peer: Option<Hello>,
     hello_sent: bool,
     conn_recv: RecvWindow,
@@ -187,10 +192,12 @@ impl Session {
             recently_closed: HashSet::new(),
             recently_closed_order: VecDeque::new(),
             next_id,
+            extensions: codec == CodecKind::Binary,
             peer: None,
             hello_sent: false,
             conn_recv: RecvWindow::new(config.connection_window),
-            conn_send: SendWindow::new(None),
+            // Binary peers grant credit in their `hello`; nothing is sent before it arrives.
+            conn_send: SendWindow::new((codec == CodecKind::Binary).then_some(0)),
             legacy_buffered: 0,
             transmit: BytesMut::with_capacity(64 * 1024),
             events: VecDeque::new(),
@@ -299,6 +306,11 @@ impl Session {
         self.close("peer closed the connection".into());
     }
 
+    /// Whether output is waiting for [`Session::poll_transmit`].
+    pub fn has_transmit(&self) -> bool {
+        !self.transmit.is_empty()
+    }
+
     /// Bytes to write to the socket, if any. Taking them frees buffer space for writers.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         if self.transmit.is_empty() {
@@ -382,7 +394,7 @@ impl Session {
         }
         let id = StreamId(self.next_id);
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        let legacy = self.peer.is_none();
+        let legacy = !self.extensions;
         let mut stream = self.new_stream(target.kind(), legacy, Phase::Opening);
         match (&target, legacy) {
             (Target::Http { .. }, true) => stream.legacy_target = Some(target),
@@ -409,8 +421,8 @@ impl Session {
     }
 
     fn new_stream(&self, kind: Kind, legacy: bool, phase: Phase) -> Stream {
-        let send_window = (!legacy && self.peer_has(capability::FLOW_CONTROL))
-            .then(|| self.peer.as_ref().map_or(0, |h| h.initial_window));
+        // Until the peer's hello arrives the window is 0: `on_hello` grants the initial window.
+        let send_window = (!legacy).then(|| self.peer.as_ref().map_or(0, |h| h.initial_window));
         Stream::new(kind, legacy, phase, self.config.initial_window, send_window)
     }
 
@@ -793,7 +805,7 @@ impl Session {
                 self.events.push_back(Event::Reset { id, reason: reason.to_owned() });
             }
             Some(_) => {}
-            None if self.peer.is_some() => {
+            None if self.extensions => {
                 self.emit(&Envelope::StreamReset(StreamReset { id, error: reason.to_owned() }))
             }
             None => {}
@@ -830,15 +842,15 @@ impl Session {
                 }
             }
             Envelope::HttpRequestHead(r) => {
-                let legacy = self.peer.is_none();
+                let legacy = !self.extensions;
                 self.on_open(r.id, Target::Http { method: r.method, url: r.url, headers: r.headers }, legacy);
             }
             Envelope::ConnectOpen(o) => {
-                let legacy = self.peer.is_none();
+                let legacy = !self.extensions;
                 self.on_open(o.id, Target::Connect { address: o.address }, legacy);
             }
             Envelope::WsOpen(o) => {
-                let legacy = self.peer.is_none();
+                let legacy = !self.extensions;
                 self.on_open(o.id, Target::WebSocket { url: o.url, headers: o.headers }, legacy);
             }
             Envelope::ConnectAck(ack) => {
@@ -922,10 +934,15 @@ impl Session {
         if self.peer.is_some() {
             return;
         }
-        if hello.capabilities.iter().any(|c| c == capability::FLOW_CONTROL) {
+        if self.extensions {
             self.conn_send = SendWindow::new(Some(hello.connection_window));
+            // Streams opened before the hello have sent nothing yet: grant their first window.
+            for stream in self.streams.values_mut().filter(|s| !s.legacy) {
+                stream.send_window = SendWindow::new(Some(hello.initial_window));
+            }
         }
         self.peer = Some(hello.clone());
+        self.wake_blocked_writers();
         self.send_hello();
         self.events.push_back(Event::PeerHello(hello));
     }
@@ -1036,7 +1053,7 @@ impl Session {
         let n = chunk.data.len();
         let Some(stream) = self.streams.get_mut(&id) else {
             // Whatever arrives for a stream we do not hold still used connection credit.
-            if self.peer.is_some() && self.conn_recv.on_receive(n) {
+            if self.extensions && self.conn_recv.on_receive(n) {
                 self.return_connection_credit(n);
             }
             self.unknown_stream(id);
