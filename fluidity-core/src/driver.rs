@@ -131,7 +131,11 @@ impl State {
                     for (_, w) in self.streams.drain() {
                         w.read.into_iter().chain(w.write).for_each(Waker::wake);
                     }
-                    self.incoming_waker.take().into_iter().chain(self.closed_wakers.drain(..)).for_each(Waker::wake);
+                    self.incoming_waker
+                        .take()
+                        .into_iter()
+                        .chain(self.closed_wakers.drain(..))
+                        .for_each(Waker::wake);
                 }
             }
         }
@@ -166,7 +170,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the session half-updated in a way that
         // matters more than losing the tunnel, so a poisoned lock is simply taken over.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -304,7 +310,11 @@ impl Connection {
 
     /// Why the tunnel closed, if it did.
     pub fn closed_reason(&self) -> Option<String> {
-        self.shared.lock().session.closed_reason().map(str::to_owned)
+        self.shared
+            .lock()
+            .session
+            .closed_reason()
+            .map(str::to_owned)
     }
 
     /// Streams currently held (open, or dead but not yet dropped).
@@ -332,7 +342,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
         let this = self.get_mut();
         let shared = this.shared.clone();
         let mut state = shared.lock();
-        if !state.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if !state
+            .driver
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
             state.driver = Some(cx.waker().clone());
         }
         for _ in 0..MAX_ROUNDS {
@@ -344,10 +358,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                     this.pending_write = state.session.poll_transmit();
                     state.dispatch_events();
                 }
-                let Some(buf) = this.pending_write.as_mut() else { break };
+                let Some(buf) = this.pending_write.as_mut() else {
+                    break;
+                };
                 match Pin::new(&mut this.io).poll_write(cx, buf) {
                     Poll::Ready(Ok(0)) => {
-                        let err = Error::io("writing to the tunnel", io::ErrorKind::WriteZero.into());
+                        let err =
+                            Error::io("writing to the tunnel", io::ErrorKind::WriteZero.into());
                         this.close_with(&mut state, &err);
                         return Poll::Ready(Err(err));
                     }
@@ -395,7 +412,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 if this.read_buf.capacity() - this.read_buf.len() < READ_CHUNK / 4 {
                     this.read_buf.reserve(READ_CHUNK);
                 }
-                match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.read_buf) {
+                match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.read_buf)
+                {
                     Poll::Ready(Ok(0)) => {
                         state.session.receive_eof();
                         state.dispatch_events();
@@ -424,7 +442,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
             if let Some(deadline) = state.session.poll_timeout() {
                 let deadline = tokio::time::Instant::from_std(deadline);
                 if deadline <= tokio::time::Instant::now() {
-                    state.session.handle_timeout(tokio::time::Instant::now().into_std());
+                    state
+                        .session
+                        .handle_timeout(tokio::time::Instant::now().into_std());
                     state.dispatch_events();
                     progress = true;
                 } else {
@@ -602,7 +622,11 @@ impl StreamHandle {
 }
 
 impl AsyncRead for StreamHandle {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -622,7 +646,11 @@ impl AsyncRead for StreamHandle {
 }
 
 impl AsyncWrite for StreamHandle {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }

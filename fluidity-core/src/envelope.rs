@@ -358,7 +358,9 @@ impl Envelope {
             Envelope::ConnectOpen(p) => Some(p.id),
             Envelope::ConnectAck(p) | Envelope::WsAck(p) => Some(p.id),
             Envelope::ConnectData(p) | Envelope::BodyChunk(p) => Some(p.id),
-            Envelope::ConnectClose(p) | Envelope::BodyEnd(p) | Envelope::ConnectFin(p) => Some(p.id),
+            Envelope::ConnectClose(p) | Envelope::BodyEnd(p) | Envelope::ConnectFin(p) => {
+                Some(p.id)
+            }
             Envelope::WsOpen(p) => Some(p.id),
             Envelope::WsMessage(p) => Some(p.id),
             Envelope::WsClose(p) => Some(p.id),
@@ -385,7 +387,14 @@ mod tests {
         assert_eq!(id.0, 0xa1b2_c3d4_e5f6_0718);
         assert_eq!(id.to_string(), "a1b2c3d4e5f60718");
         assert_eq!(StreamId(1).to_string(), "0000000000000001");
-        for bad in ["", "x", "a1b2c3d4e5f6071", "a1b2c3d4e5f607189", "g1b2c3d4e5f60718", "+1b2c3d4e5f60718"] {
+        for bad in [
+            "",
+            "x",
+            "a1b2c3d4e5f6071",
+            "a1b2c3d4e5f607189",
+            "g1b2c3d4e5f60718",
+            "+1b2c3d4e5f60718",
+        ] {
             assert_eq!(StreamId::parse(bad), None, "{bad:?}");
         }
     }

@@ -75,7 +75,9 @@ pub enum Error {
     TooManyStreams(usize),
 
     /// A legacy (Go) HTTP body had to be held whole and grew past the allowed size.
-    #[error("body of stream {id} exceeds {limit} bytes, the most a Go peer can be sent in one envelope")]
+    #[error(
+        "body of stream {id} exceeds {limit} bytes, the most a Go peer can be sent in one envelope"
+    )]
     BodyTooLarge {
         /// The stream.
         id: StreamId,
@@ -127,7 +129,9 @@ impl From<Error> for std::io::Error {
         let kind = match &err {
             Error::Refused { .. } => std::io::ErrorKind::ConnectionRefused,
             Error::StreamReset { .. } => std::io::ErrorKind::ConnectionReset,
-            Error::ConnectionClosed(_) | Error::HeartbeatTimeout(_) => std::io::ErrorKind::ConnectionAborted,
+            Error::ConnectionClosed(_) | Error::HeartbeatTimeout(_) => {
+                std::io::ErrorKind::ConnectionAborted
+            }
             Error::Timeout(..) => std::io::ErrorKind::TimedOut,
             Error::Io { source, .. } => source.kind(),
             _ => std::io::ErrorKind::Other,

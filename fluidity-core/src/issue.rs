@@ -39,15 +39,20 @@ pub trait CertIssuer: Send + Sync {
     async fn issue(&self, csr_pem: &str) -> Result<IssuedCertificate>;
 }
 
+/// The signing function behind a [`FnIssuer`].
+type SignFn = dyn Fn(&str) -> Result<IssuedCertificate> + Send + Sync;
+
 /// An issuer backed by a closure: for tests and embedders with their own CA.
 pub struct FnIssuer {
-    sign: Arc<dyn Fn(&str) -> Result<IssuedCertificate> + Send + Sync>,
+    sign: Arc<SignFn>,
 }
 
 impl FnIssuer {
     /// Wraps `sign`.
     pub fn new(sign: impl Fn(&str) -> Result<IssuedCertificate> + Send + Sync + 'static) -> Self {
-        FnIssuer { sign: Arc::new(sign) }
+        FnIssuer {
+            sign: Arc::new(sign),
+        }
     }
 }
 

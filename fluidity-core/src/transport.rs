@@ -41,10 +41,17 @@ pub trait Transport: Send + Sync + 'static {
     fn accept(&self) -> impl Future<Output = Result<(Self::Raw, SocketAddr)>> + Send;
 
     /// Authenticates an accepted connection (run it in the connection's own task).
-    fn handshake(&self, raw: Self::Raw, peer: SocketAddr) -> impl Future<Output = Result<Established<Self::Stream>>> + Send;
+    fn handshake(
+        &self,
+        raw: Self::Raw,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Result<Established<Self::Stream>>> + Send;
 
     /// Dials a server and completes the handshake.
-    fn connect(&self, address: SocketAddr) -> impl Future<Output = Result<Established<Self::Stream>>> + Send;
+    fn connect(
+        &self,
+        address: SocketAddr,
+    ) -> impl Future<Output = Result<Established<Self::Stream>>> + Send;
 }
 
 /// Plain TCP with a fixed codec. **No encryption or authentication**: tests, benchmarks and
@@ -67,16 +74,25 @@ impl Transport for TcpTransport {
     type Stream = TcpStream;
 
     async fn accept(&self) -> Result<(TcpStream, SocketAddr)> {
-        let listener = self
-            .listener
-            .as_ref()
-            .ok_or_else(|| Error::io("accepting", std::io::Error::other("this transport has no listener")))?;
-        listener.accept().await.map_err(|e| Error::io("accepting a tunnel connection", e))
+        let listener = self.listener.as_ref().ok_or_else(|| {
+            Error::io(
+                "accepting",
+                std::io::Error::other("this transport has no listener"),
+            )
+        })?;
+        listener
+            .accept()
+            .await
+            .map_err(|e| Error::io("accepting a tunnel connection", e))
     }
 
     async fn handshake(&self, raw: TcpStream, peer: SocketAddr) -> Result<Established<TcpStream>> {
         let _ = raw.set_nodelay(true);
-        Ok(Established { stream: raw, codec: self.codec, peer })
+        Ok(Established {
+            stream: raw,
+            codec: self.codec,
+            peer,
+        })
     }
 
     async fn connect(&self, address: SocketAddr) -> Result<Established<TcpStream>> {
@@ -84,7 +100,11 @@ impl Transport for TcpTransport {
             .await
             .map_err(|e| Error::io(format!("connecting to {address}"), e))?;
         let _ = stream.set_nodelay(true);
-        Ok(Established { stream, codec: self.codec, peer: address })
+        Ok(Established {
+            stream,
+            codec: self.codec,
+            peer: address,
+        })
     }
 }
 
@@ -99,7 +119,8 @@ pub struct MemoryTransport {
 }
 
 /// The address memory connections report.
-const MEMORY_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+const MEMORY_PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 impl MemoryTransport {
     /// A new in-process network speaking `codec`, with pipes buffering `buffer` bytes.
@@ -125,8 +146,16 @@ impl Transport for MemoryTransport {
         }
     }
 
-    async fn handshake(&self, raw: DuplexStream, peer: SocketAddr) -> Result<Established<DuplexStream>> {
-        Ok(Established { stream: raw, codec: self.codec, peer })
+    async fn handshake(
+        &self,
+        raw: DuplexStream,
+        peer: SocketAddr,
+    ) -> Result<Established<DuplexStream>> {
+        Ok(Established {
+            stream: raw,
+            codec: self.codec,
+            peer,
+        })
     }
 
     async fn connect(&self, address: SocketAddr) -> Result<Established<DuplexStream>> {
@@ -135,6 +164,10 @@ impl Transport for MemoryTransport {
             .send(theirs)
             .await
             .map_err(|_| Error::ConnectionClosed("no memory listener".into()))?;
-        Ok(Established { stream: ours, codec: self.codec, peer: address })
+        Ok(Established {
+            stream: ours,
+            codec: self.codec,
+            peer: address,
+        })
     }
 }

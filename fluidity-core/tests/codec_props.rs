@@ -1,6 +1,8 @@
 //! Property tests: both codecs round-trip arbitrary envelopes; arbitrary bytes never panic a
 //! decoder nor make it buffer past its frame limit.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic
+
 use bytes::{Bytes, BytesMut};
 use fluidity_core::codec::{BinaryCodec, Codec, CodecKind, Decoded, JsonCodec};
 use fluidity_core::envelope::*;
@@ -25,24 +27,112 @@ fn headers() -> impl Strategy<Value = Headers> {
 
 fn envelope() -> impl Strategy<Value = Envelope> {
     prop_oneof![
-        (id(), text(), text(), headers(), bytes()).prop_map(|(id, method, url, headers, body)| Envelope::HttpRequest(HttpRequest { id, method, url, headers, body })),
-        (id(), any::<u16>(), headers(), bytes(), opt_text()).prop_map(|(id, status_code, headers, body, error)| Envelope::HttpResponse(HttpResponse { id, status_code, headers, body, error })),
+        (id(), text(), text(), headers(), bytes()).prop_map(|(id, method, url, headers, body)| {
+            Envelope::HttpRequest(HttpRequest {
+                id,
+                method,
+                url,
+                headers,
+                body,
+            })
+        }),
+        (id(), any::<u16>(), headers(), bytes(), opt_text()).prop_map(
+            |(id, status_code, headers, body, error)| Envelope::HttpResponse(HttpResponse {
+                id,
+                status_code,
+                headers,
+                body,
+                error
+            })
+        ),
         (id(), text()).prop_map(|(id, address)| Envelope::ConnectOpen(ConnectOpen { id, address })),
-        (id(), any::<bool>(), opt_text()).prop_map(|(id, ok, error)| Envelope::ConnectAck(Ack { id, ok, error })),
+        (id(), any::<bool>(), opt_text()).prop_map(|(id, ok, error)| Envelope::ConnectAck(Ack {
+            id,
+            ok,
+            error
+        })),
         (id(), bytes()).prop_map(|(id, data)| Envelope::ConnectData(Data { id, data })),
         (id(), opt_text()).prop_map(|(id, error)| Envelope::ConnectClose(Close { id, error })),
-        (id(), text(), headers()).prop_map(|(id, url, headers)| Envelope::WsOpen(WsOpen { id, url, headers })),
-        (id(), any::<bool>(), opt_text()).prop_map(|(id, ok, error)| Envelope::WsAck(Ack { id, ok, error })),
-        (id(), any::<u8>(), bytes()).prop_map(|(id, message_type, data)| Envelope::WsMessage(WsMessage { id, message_type, data })),
-        (id(), any::<u16>(), opt_text()).prop_map(|(id, code, error)| Envelope::WsClose(WsClose { id, code, error })),
-        (text(), text(), text(), text(), text(), text(), text()).prop_map(|(id, timestamp, service, region, access_key_id, signature, signed_headers)| Envelope::IamAuthRequest(IamAuthRequest { id, timestamp, service, region, access_key_id, signature, signed_headers })),
-        (text(), any::<bool>(), opt_text(), opt_text()).prop_map(|(id, ok, error, session_token)| Envelope::IamAuthResponse(IamAuthResponse { id, ok, error, session_token })),
-        (any::<u32>(), proptest::collection::vec(text(), 0..4), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(version, capabilities, initial_window, connection_window, max_frame_size)| Envelope::Hello(Hello { version, capabilities, initial_window, connection_window, max_frame_size })),
-        (proptest::option::of(id()), any::<u32>()).prop_map(|(id, increment)| Envelope::WindowUpdate(WindowUpdate { id, increment })),
+        (id(), text(), headers()).prop_map(|(id, url, headers)| Envelope::WsOpen(WsOpen {
+            id,
+            url,
+            headers
+        })),
+        (id(), any::<bool>(), opt_text()).prop_map(|(id, ok, error)| Envelope::WsAck(Ack {
+            id,
+            ok,
+            error
+        })),
+        (id(), any::<u8>(), bytes()).prop_map(|(id, message_type, data)| Envelope::WsMessage(
+            WsMessage {
+                id,
+                message_type,
+                data
+            }
+        )),
+        (id(), any::<u16>(), opt_text()).prop_map(|(id, code, error)| Envelope::WsClose(WsClose {
+            id,
+            code,
+            error
+        })),
+        (text(), text(), text(), text(), text(), text(), text()).prop_map(
+            |(id, timestamp, service, region, access_key_id, signature, signed_headers)| {
+                Envelope::IamAuthRequest(IamAuthRequest {
+                    id,
+                    timestamp,
+                    service,
+                    region,
+                    access_key_id,
+                    signature,
+                    signed_headers,
+                })
+            }
+        ),
+        (text(), any::<bool>(), opt_text(), opt_text()).prop_map(
+            |(id, ok, error, session_token)| Envelope::IamAuthResponse(IamAuthResponse {
+                id,
+                ok,
+                error,
+                session_token
+            })
+        ),
+        (
+            any::<u32>(),
+            proptest::collection::vec(text(), 0..4),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(version, capabilities, initial_window, connection_window, max_frame_size)| {
+                    Envelope::Hello(Hello {
+                        version,
+                        capabilities,
+                        initial_window,
+                        connection_window,
+                        max_frame_size,
+                    })
+                }
+            ),
+        (proptest::option::of(id()), any::<u32>())
+            .prop_map(|(id, increment)| Envelope::WindowUpdate(WindowUpdate { id, increment })),
         any::<u64>().prop_map(|nonce| Envelope::Ping(Heartbeat { nonce })),
         any::<u64>().prop_map(|nonce| Envelope::Pong(Heartbeat { nonce })),
-        (id(), text(), text(), headers()).prop_map(|(id, method, url, headers)| Envelope::HttpRequestHead(HttpRequestHead { id, method, url, headers })),
-        (id(), any::<u16>(), headers()).prop_map(|(id, status_code, headers)| Envelope::HttpResponseHead(HttpResponseHead { id, status_code, headers })),
+        (id(), text(), text(), headers()).prop_map(|(id, method, url, headers)| {
+            Envelope::HttpRequestHead(HttpRequestHead {
+                id,
+                method,
+                url,
+                headers,
+            })
+        }),
+        (id(), any::<u16>(), headers()).prop_map(|(id, status_code, headers)| {
+            Envelope::HttpResponseHead(HttpResponseHead {
+                id,
+                status_code,
+                headers,
+            })
+        }),
         (id(), bytes()).prop_map(|(id, data)| Envelope::BodyChunk(Data { id, data })),
         (id(), opt_text()).prop_map(|(id, error)| Envelope::BodyEnd(Close { id, error })),
         (id(), opt_text()).prop_map(|(id, error)| Envelope::ConnectFin(Close { id, error })),

@@ -1,12 +1,14 @@
 //! The tokio driver through real sockets and pipes: streams as AsyncRead + AsyncWrite.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic
+
 use std::time::{Duration, Instant};
 
+use fluidity_core::Error;
 use fluidity_core::codec::CodecKind;
 use fluidity_core::driver::Connection;
 use fluidity_core::session::{Reply, Role, Session, SessionConfig, Target};
 use fluidity_core::transport::{Established, TcpTransport, Transport};
-use fluidity_core::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -20,7 +22,10 @@ fn session(role: Role, codec: CodecKind) -> Session {
 
 fn pair(codec: CodecKind) -> (Connection, Connection) {
     let (a, b) = tokio::io::duplex(256 * 1024);
-    (Connection::spawn(a, session(Role::Client, codec)), Connection::spawn(b, session(Role::Server, codec)))
+    (
+        Connection::spawn(a, session(Role::Client, codec)),
+        Connection::spawn(b, session(Role::Server, codec)),
+    )
 }
 
 /// Serves every incoming CONNECT by dialling the address on loopback and relaying with
@@ -29,7 +34,9 @@ fn serve_connect(server: Connection) {
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {
             tokio::spawn(async move {
-                let Target::Connect { address } = incoming.target().clone() else { return };
+                let Target::Connect { address } = incoming.target().clone() else {
+                    return;
+                };
                 match TcpStream::connect(&address).await {
                     Ok(mut target) => {
                         let mut stream = incoming.accept(Reply::Connect).unwrap();
@@ -62,7 +69,9 @@ async fn echo_origin() -> std::net::SocketAddr {
 }
 
 fn checksum(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 async fn relay_round_trip(client: &Connection, origin: std::net::SocketAddr, size: usize) {
@@ -102,10 +111,14 @@ async fn the_session_runs_over_real_tcp_through_a_transport() {
     let server_transport = TcpTransport::new(Some(listener), CodecKind::Binary);
     tokio::spawn(async move {
         let (raw, peer) = server_transport.accept().await.unwrap();
-        let Established { stream, codec, .. } = server_transport.handshake(raw, peer).await.unwrap();
+        let Established { stream, codec, .. } =
+            server_transport.handshake(raw, peer).await.unwrap();
         serve_connect(Connection::spawn(stream, session(Role::Server, codec)));
     });
-    let Established { stream, codec, .. } = TcpTransport::new(None, CodecKind::Binary).connect(addr).await.unwrap();
+    let Established { stream, codec, .. } = TcpTransport::new(None, CodecKind::Binary)
+        .connect(addr)
+        .await
+        .unwrap();
     let client = Connection::spawn(stream, session(Role::Client, codec));
     let tasks: Vec<_> = (0..16)
         .map(|_| {
@@ -123,9 +136,16 @@ async fn refused_and_unreachable_targets_fail_fast_with_the_reason() {
     let (client, server) = pair(CodecKind::Binary);
     serve_connect(server);
     // A port nothing listens on: bind then drop to find one.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let err = client.connect(&closed.to_string()).await.unwrap_err();
-    assert!(matches!(err, Error::Refused { ref reason, .. } if reason.to_lowercase().contains("refused")), "{err}");
+    assert!(
+        matches!(err, Error::Refused { ref reason, .. } if reason.to_lowercase().contains("refused")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -136,7 +156,9 @@ async fn half_close_propagates_and_the_other_direction_keeps_flowing() {
         let mut s = incoming.accept(Reply::Connect).unwrap();
         let mut got = Vec::new();
         s.read_to_end(&mut got).await.unwrap(); // sees the client's FIN
-        s.write_all(format!("got {} bytes", got.len()).as_bytes()).await.unwrap();
+        s.write_all(format!("got {} bytes", got.len()).as_bytes())
+            .await
+            .unwrap();
         s.shutdown().await.unwrap();
         // Keep the handle until the client read everything.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -155,8 +177,18 @@ async fn a_stalled_stream_does_not_slow_a_busy_one() {
     let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         // The first stream is accepted and never read; the second is drained.
-        let a = server.accept().await.unwrap().accept(Reply::Connect).unwrap();
-        let mut b = server.accept().await.unwrap().accept(Reply::Connect).unwrap();
+        let a = server
+            .accept()
+            .await
+            .unwrap()
+            .accept(Reply::Connect)
+            .unwrap();
+        let mut b = server
+            .accept()
+            .await
+            .unwrap()
+            .accept(Reply::Connect)
+            .unwrap();
         let mut sink = vec![0u8; 64 * 1024];
         let mut total = 0usize;
         loop {
@@ -196,19 +228,40 @@ async fn http_streams_carry_head_then_body_both_ways() {
     let (client, server) = pair(CodecKind::Binary);
     tokio::spawn(async move {
         let incoming = server.accept().await.unwrap();
-        let Target::Http { method, .. } = incoming.target().clone() else { panic!() };
-        let mut s = incoming.accept(Reply::Http { status_code: 200, headers: Default::default() }).unwrap();
+        let Target::Http { method, .. } = incoming.target().clone() else {
+            panic!()
+        };
+        let mut s = incoming
+            .accept(Reply::Http {
+                status_code: 200,
+                headers: Default::default(),
+            })
+            .unwrap();
         let mut body = Vec::new();
         s.read_to_end(&mut body).await.unwrap();
-        s.write_all(format!("{method} {}", checksum(&body)).as_bytes()).await.unwrap();
+        s.write_all(format!("{method} {}", checksum(&body)).as_bytes())
+            .await
+            .unwrap();
         s.shutdown().await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     });
     let body = vec![42u8; 3 << 20];
-    let mut s = client.open(Target::Http { method: "POST".into(), url: "http://x/".into(), headers: Default::default() }).unwrap();
+    let mut s = client
+        .open(Target::Http {
+            method: "POST".into(),
+            url: "http://x/".into(),
+            headers: Default::default(),
+        })
+        .unwrap();
     s.write_all(&body).await.unwrap();
     s.shutdown().await.unwrap();
-    assert_eq!(s.reply().await.unwrap(), Reply::Http { status_code: 200, headers: Default::default() });
+    assert_eq!(
+        s.reply().await.unwrap(),
+        Reply::Http {
+            status_code: 200,
+            headers: Default::default()
+        }
+    );
     let mut answer = String::new();
     s.read_to_string(&mut answer).await.unwrap();
     assert_eq!(answer, format!("POST {}", checksum(&body)));
@@ -243,6 +296,8 @@ async fn a_silent_peer_is_detected_by_heartbeat() {
         while rb.read(&mut sink).await.map(|n| n > 0).unwrap_or(false) {}
         drop(wb);
     });
-    let reason = tokio::time::timeout(Duration::from_secs(120), client.closed()).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(120), client.closed())
+        .await
+        .unwrap();
     assert!(reason.contains("heartbeat timeout"), "{reason}");
 }

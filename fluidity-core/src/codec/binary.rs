@@ -19,7 +19,6 @@ use super::{Codec, CodecKind, DataFrame, Decoded};
 use crate::envelope::*;
 use crate::error::{Error, Result};
 
-
 const HTTP_REQUEST: u8 = 0x01;
 const HTTP_RESPONSE: u8 = 0x02;
 const CONNECT_OPEN: u8 = 0x03;
@@ -167,7 +166,9 @@ impl Codec for BinaryCodec {
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
         if len == 0 {
-            return Err(Error::MalformedFrame("binary frame of length 0 has no type".into()));
+            return Err(Error::MalformedFrame(
+                "binary frame of length 0 has no type".into(),
+            ));
         }
         if len + 4 > self.max_frame_size {
             return Err(Error::FrameTooLarge {
@@ -269,13 +270,21 @@ mod tests {
             data: Bytes::from_static(b"hello"),
         });
         codec.encode(&env, &mut buf).unwrap();
-        assert_eq!(&buf[..], b"\x00\x00\x00\x0e\x05\x00\x00\x00\x00\x00\x00\x00\x07hello");
+        assert_eq!(
+            &buf[..],
+            b"\x00\x00\x00\x0e\x05\x00\x00\x00\x00\x00\x00\x00\x07hello"
+        );
         let base = buf.as_ptr() as usize;
-        let Some(Decoded::Envelope(Envelope::ConnectData(d))) = codec.decode(&mut buf).unwrap() else {
+        let Some(Decoded::Envelope(Envelope::ConnectData(d))) = codec.decode(&mut buf).unwrap()
+        else {
             panic!("not data");
         };
         assert_eq!(d.data, Bytes::from_static(b"hello"));
-        assert_eq!(d.data.as_ptr() as usize, base + 13, "payload must be a slice of the input");
+        assert_eq!(
+            d.data.as_ptr() as usize,
+            base + 13,
+            "payload must be a slice of the input"
+        );
     }
 
     #[test]
@@ -293,7 +302,10 @@ mod tests {
     fn truncated_and_unknown_frames() {
         let mut codec = BinaryCodec::new(1024);
         let mut buf = BytesMut::from(&b"\x00\x00\x00\x03\x05ab"[..]);
-        assert!(matches!(codec.decode(&mut buf), Err(Error::MalformedFrame(_))));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(Error::MalformedFrame(_))
+        ));
         let mut buf = BytesMut::from(&b"\x00\x00\x00\x02\x7fz"[..]);
         assert!(matches!(
             codec.decode(&mut buf).unwrap(),
@@ -301,6 +313,9 @@ mod tests {
         ));
         assert!(buf.is_empty());
         let mut buf = BytesMut::from(&b"\x00\x00\x00\x00"[..]);
-        assert!(matches!(codec.decode(&mut buf), Err(Error::MalformedFrame(_))));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(Error::MalformedFrame(_))
+        ));
     }
 }

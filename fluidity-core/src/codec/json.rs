@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::de::{DeserializeOwned, Deserializer};
 use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer};
 use serde_json::value::RawValue;
 
 use super::{Codec, CodecKind, DataFrame, Decoded};
@@ -210,9 +210,15 @@ fn write_str(dst: &mut BytesMut, value: &str) {
             0x08 => Some(b"\\b"),
             0x0c => Some(b"\\f"),
             0x00..=0x1f | b'<' | b'>' | b'&' => None,
-            0xe2 if bytes.get(i + 1) == Some(&0x80) && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) => {
+            0xe2 if bytes.get(i + 1) == Some(&0x80)
+                && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) =>
+            {
                 dst.extend_from_slice(&bytes[plain_from..i]);
-                dst.extend_from_slice(if bytes[i + 2] == 0xa8 { b"\\u2028" } else { b"\\u2029" });
+                dst.extend_from_slice(if bytes[i + 2] == 0xa8 {
+                    b"\\u2028"
+                } else {
+                    b"\\u2029"
+                });
                 i += 3;
                 plain_from = i;
                 continue;
@@ -225,7 +231,14 @@ fn write_str(dst: &mut BytesMut, value: &str) {
         dst.extend_from_slice(&bytes[plain_from..i]);
         match escape {
             Some(seq) => dst.extend_from_slice(seq),
-            None => dst.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]),
+            None => dst.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]),
         }
         i += 1;
         plain_from = i;
@@ -749,7 +762,12 @@ mod tests {
 
     #[test]
     fn corrupt_envelopes_are_errors() {
-        for bad in ["nonsense\n", "{\"payload\":{}}\n", "{\"type\":3,\"payload\":{}}\n", "[1]\n"] {
+        for bad in [
+            "nonsense\n",
+            "{\"payload\":{}}\n",
+            "{\"type\":3,\"payload\":{}}\n",
+            "[1]\n",
+        ] {
             let mut codec = JsonCodec::new(1 << 20);
             let mut buf = BytesMut::from(bad.as_bytes());
             assert!(

@@ -24,7 +24,10 @@ impl RecvWindow {
 
     /// Accounts for `n` received bytes; `false` if the peer overran its credit.
     pub(crate) fn on_receive(&mut self, n: usize) -> bool {
-        match u32::try_from(n).ok().and_then(|n| self.available.checked_sub(n)) {
+        match u32::try_from(n)
+            .ok()
+            .and_then(|n| self.available.checked_sub(n))
+        {
             Some(left) => {
                 self.available = left;
                 true
@@ -36,7 +39,9 @@ impl RecvWindow {
     /// Accounts for `n` consumed (or discarded) bytes; returns the credit to send back, once
     /// enough has built up that a `window_update` is worth its frame.
     pub(crate) fn on_consume(&mut self, n: usize) -> Option<u32> {
-        self.unreturned = self.unreturned.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        self.unreturned = self
+            .unreturned
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         // A quarter window keeps three quarters in flight: enough to keep one stream streaming
         // without a window update per frame.
         if self.unreturned >= (self.size / 4).max(1) {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::codec::{Codec, CodecKind, DataFrame, Decoded, DEFAULT_MAX_FRAME_SIZE};
+use crate::codec::{Codec, CodecKind, DEFAULT_MAX_FRAME_SIZE, DataFrame, Decoded};
 use crate::envelope::*;
 use crate::error::{Error, Result};
 use flow::{RecvWindow, SendWindow};
@@ -184,7 +184,10 @@ impl Session {
     /// both sides send `hello` at once; with JSON a client sends it at once (after an optional
     /// [`Session::send_iam_auth`]) and a server only in answer, so Go agents see nothing new.
     pub fn new(role: Role, codec: CodecKind, config: SessionConfig, now: Instant) -> Self {
-        let next_id = config.first_stream_id.unwrap_or_else(|| rand::random::<u64>() >> 1).max(1);
+        let next_id = config
+            .first_stream_id
+            .unwrap_or_else(|| rand::random::<u64>() >> 1)
+            .max(1);
         let mut session = Session {
             role,
             codec: codec.new_codec(config.max_frame_size),
@@ -264,7 +267,9 @@ impl Session {
     }
 
     fn peer_has(&self, cap: &str) -> bool {
-        self.peer.as_ref().is_some_and(|h| h.capabilities.iter().any(|c| c == cap))
+        self.peer
+            .as_ref()
+            .is_some_and(|h| h.capabilities.iter().any(|c| c == cap))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -398,14 +403,19 @@ impl Session {
         let mut stream = self.new_stream(target.kind(), legacy, Phase::Opening);
         match (&target, legacy) {
             (Target::Http { .. }, true) => stream.legacy_target = Some(target),
-            (Target::Http { method, url, headers }, false) => {
-                self.emit(&Envelope::HttpRequestHead(HttpRequestHead {
-                    id,
-                    method: method.clone(),
-                    url: url.clone(),
-                    headers: headers.clone(),
-                }))
-            }
+            (
+                Target::Http {
+                    method,
+                    url,
+                    headers,
+                },
+                false,
+            ) => self.emit(&Envelope::HttpRequestHead(HttpRequestHead {
+                id,
+                method: method.clone(),
+                url: url.clone(),
+                headers: headers.clone(),
+            })),
             (Target::Connect { address }, _) => self.emit(&Envelope::ConnectOpen(ConnectOpen {
                 id,
                 address: address.clone(),
@@ -449,10 +459,16 @@ impl Session {
                 ok: true,
                 error: None,
             })),
-            Reply::Http { status_code, headers } if legacy => {
+            Reply::Http {
+                status_code,
+                headers,
+            } if legacy => {
                 self.stream_mut(id)?.legacy_reply = Some((status_code, headers));
             }
-            Reply::Http { status_code, headers } => self.emit(&Envelope::HttpResponseHead(HttpResponseHead {
+            Reply::Http {
+                status_code,
+                headers,
+            } => self.emit(&Envelope::HttpResponseHead(HttpResponseHead {
                 id,
                 status_code,
                 headers,
@@ -482,23 +498,45 @@ impl Session {
         match kind {
             // Go agents unblock on the ack and release their queue on the close: send both.
             Kind::Connect => {
-                self.emit(&Envelope::ConnectAck(Ack { id, ok: false, error: error.clone() }));
+                self.emit(&Envelope::ConnectAck(Ack {
+                    id,
+                    ok: false,
+                    error: error.clone(),
+                }));
                 self.emit(&Envelope::ConnectClose(Close { id, error }));
             }
             Kind::WebSocket => {
-                self.emit(&Envelope::WsAck(Ack { id, ok: false, error: error.clone() }));
-                self.emit(&Envelope::WsClose(WsClose { id, code: 1011, error }));
+                self.emit(&Envelope::WsAck(Ack {
+                    id,
+                    ok: false,
+                    error: error.clone(),
+                }));
+                self.emit(&Envelope::WsClose(WsClose {
+                    id,
+                    code: 1011,
+                    error,
+                }));
             }
-            Kind::Http if legacy => self.emit(&Envelope::HttpResponse(tunnel_error_response(id, reason))),
-            Kind::Http => self.emit(&Envelope::StreamReset(StreamReset { id, error: reason.to_owned() })),
+            Kind::Http if legacy => {
+                self.emit(&Envelope::HttpResponse(tunnel_error_response(id, reason)))
+            }
+            Kind::Http => self.emit(&Envelope::StreamReset(StreamReset {
+                id,
+                error: reason.to_owned(),
+            })),
         }
     }
 
     /// How many bytes [`Session::send`] would take now on this stream.
     pub fn send_capacity(&self, id: StreamId) -> usize {
-        let Some(stream) = self.streams.get(&id) else { return 0 };
+        let Some(stream) = self.streams.get(&id) else {
+            return 0;
+        };
         if stream.legacy && stream.kind == Kind::Http {
-            return self.config.max_legacy_body.saturating_sub(stream.legacy_body.len());
+            return self
+                .config
+                .max_legacy_body
+                .saturating_sub(stream.legacy_body.len());
         }
         let room = self
             .config
@@ -509,7 +547,9 @@ impl Session {
         }
         let mut cap = room.max(self.config.max_chunk);
         if !stream.legacy {
-            cap = cap.min(stream.send_window.available()).min(self.conn_send.available());
+            cap = cap
+                .min(stream.send_window.available())
+                .min(self.conn_send.available());
         }
         cap
     }
@@ -517,12 +557,17 @@ impl Session {
     fn writable_stream(&mut self, id: StreamId) -> Result<&mut Stream> {
         let stream = self.stream_mut(id)?;
         if let Some(reason) = &stream.error {
-            return Err(Error::StreamReset { id, reason: reason.clone() });
+            return Err(Error::StreamReset {
+                id,
+                reason: reason.clone(),
+            });
         }
         let reason = match stream.phase {
             Phase::Incoming => Some("accept the stream before sending"),
             // A Go server drops CONNECT/WebSocket data that arrives before its ack.
-            Phase::Opening if stream.legacy && stream.kind != Kind::Http => Some("wait for the peer's ack before sending"),
+            Phase::Opening if stream.legacy && stream.kind != Kind::Http => {
+                Some("wait for the peer's ack before sending")
+            }
             _ if stream.send_fin => Some("send after finish"),
             _ if stream.send_closed => Some("the peer closed the stream"),
             _ => None,
@@ -540,7 +585,10 @@ impl Session {
         let limit = self.config.max_legacy_body;
         let stream = self.writable_stream(id)?;
         if stream.kind == Kind::WebSocket {
-            return Err(Error::StreamState { id, reason: "WebSocket streams carry messages: use send_message" });
+            return Err(Error::StreamState {
+                id,
+                reason: "WebSocket streams carry messages: use send_message",
+            });
         }
         if stream.legacy && stream.kind == Kind::Http {
             if stream.legacy_body.len() + data.len() <= limit {
@@ -578,14 +626,24 @@ impl Session {
     /// [`Event::Writable`].
     pub fn send_message(&mut self, id: StreamId, ws_type: u8, data: &[u8]) -> Result<bool> {
         self.check_open()?;
-        let max = self.config.max_frame_size.min(self.peer.as_ref().map_or(usize::MAX, |h| h.max_frame_size as usize));
+        let max = self.config.max_frame_size.min(
+            self.peer
+                .as_ref()
+                .map_or(usize::MAX, |h| h.max_frame_size as usize),
+        );
         let stream = self.writable_stream(id)?;
         if stream.kind != Kind::WebSocket {
-            return Err(Error::StreamState { id, reason: "send_message is for WebSocket streams" });
+            return Err(Error::StreamState {
+                id,
+                reason: "send_message is for WebSocket streams",
+            });
         }
         // Base64 and the envelope around it must fit the peer's frame limit.
         if data.len() > max / 4 * 3 - 256 {
-            return Err(Error::StreamState { id, reason: "WebSocket message larger than the frame limit" });
+            return Err(Error::StreamState {
+                id,
+                reason: "WebSocket message larger than the frame limit",
+            });
         }
         if self.send_capacity(id) < data.len().max(1) {
             self.stream_mut(id)?.send_blocked = true;
@@ -605,15 +663,28 @@ impl Session {
     pub fn recv(&mut self, id: StreamId, max: usize) -> Result<Recv> {
         let stream = self.stream_mut(id)?;
         if let Some(reason) = &stream.error {
-            return Err(Error::StreamReset { id, reason: reason.clone() });
+            return Err(Error::StreamReset {
+                id,
+                reason: reason.clone(),
+            });
         }
         let Some(front) = stream.recv.front_mut() else {
-            return Ok(if stream.recv_fin { Recv::End } else { Recv::Pending });
+            return Ok(if stream.recv_fin {
+                Recv::End
+            } else {
+                Recv::Pending
+            });
         };
         let chunk = if front.ws_type != 0 || front.data.len() <= max {
-            stream.recv.pop_front().unwrap_or(Chunk { data: Bytes::new(), ws_type: 0 })
+            stream.recv.pop_front().unwrap_or(Chunk {
+                data: Bytes::new(),
+                ws_type: 0,
+            })
         } else {
-            Chunk { data: front.data.split_to(max), ws_type: 0 }
+            Chunk {
+                data: front.data.split_to(max),
+                ws_type: 0,
+            }
         };
         let n = chunk.data.len();
         stream.recv_buffered -= n;
@@ -621,9 +692,16 @@ impl Session {
         if legacy {
             self.legacy_buffered -= n;
         } else {
-            let stream_grant = if fin { None } else { stream.recv_window.on_consume(n) };
+            let stream_grant = if fin {
+                None
+            } else {
+                stream.recv_window.on_consume(n)
+            };
             if let Some(increment) = stream_grant {
-                self.emit(&Envelope::WindowUpdate(WindowUpdate { id: Some(id), increment }));
+                self.emit(&Envelope::WindowUpdate(WindowUpdate {
+                    id: Some(id),
+                    increment,
+                }));
             }
             self.return_connection_credit(n);
         }
@@ -632,7 +710,10 @@ impl Session {
 
     fn return_connection_credit(&mut self, n: usize) {
         if let Some(increment) = self.conn_recv.on_consume(n) {
-            self.emit(&Envelope::WindowUpdate(WindowUpdate { id: None, increment }));
+            self.emit(&Envelope::WindowUpdate(WindowUpdate {
+                id: None,
+                increment,
+            }));
         }
     }
 
@@ -645,25 +726,54 @@ impl Session {
             return Ok(());
         }
         if let Some(reason) = &stream.error {
-            return Err(Error::StreamReset { id, reason: reason.clone() });
+            return Err(Error::StreamReset {
+                id,
+                reason: reason.clone(),
+            });
         }
         if stream.phase == Phase::Incoming {
-            return Err(Error::StreamState { id, reason: "accept the stream before finishing it" });
+            return Err(Error::StreamState {
+                id,
+                reason: "accept the stream before finishing it",
+            });
         }
         stream.send_fin = true;
         let envelope = match (stream.kind, stream.legacy) {
             (Kind::Http, true) => {
                 let body = stream.legacy_body.split().freeze();
                 match (stream.legacy_target.take(), stream.legacy_reply.take()) {
-                    (Some(Target::Http { method, url, headers }), _) => Envelope::HttpRequest(HttpRequest { id, method, url, headers, body }),
-                    (_, Some((status_code, headers))) => Envelope::HttpResponse(HttpResponse { id, status_code, headers, body, error: None }),
+                    (
+                        Some(Target::Http {
+                            method,
+                            url,
+                            headers,
+                        }),
+                        _,
+                    ) => Envelope::HttpRequest(HttpRequest {
+                        id,
+                        method,
+                        url,
+                        headers,
+                        body,
+                    }),
+                    (_, Some((status_code, headers))) => Envelope::HttpResponse(HttpResponse {
+                        id,
+                        status_code,
+                        headers,
+                        body,
+                        error: None,
+                    }),
                     _ => return Ok(()),
                 }
             }
             (Kind::Http, false) => Envelope::BodyEnd(Close { id, error: None }),
             (Kind::Connect, true) => Envelope::ConnectClose(Close { id, error: None }),
             (Kind::Connect, false) => Envelope::ConnectFin(Close { id, error: None }),
-            (Kind::WebSocket, _) => Envelope::WsClose(WsClose { id, code: 1000, error: None }),
+            (Kind::WebSocket, _) => Envelope::WsClose(WsClose {
+                id,
+                code: 1000,
+                error: None,
+            }),
         };
         self.emit(&envelope);
         Ok(())
@@ -674,7 +784,10 @@ impl Session {
         self.check_open()?;
         let stream = self.stream_mut(id)?;
         if stream.kind != Kind::WebSocket {
-            return Err(Error::StreamState { id, reason: "not a WebSocket stream" });
+            return Err(Error::StreamState {
+                id,
+                reason: "not a WebSocket stream",
+            });
         }
         if stream.send_fin {
             return Ok(());
@@ -693,22 +806,38 @@ impl Session {
             return Ok(());
         }
         let (kind, legacy, phase) = (stream.kind, stream.legacy, stream.phase);
-        let reply_pending = stream.legacy_reply.is_some() || (phase == Phase::Incoming && kind == Kind::Http);
+        let reply_pending =
+            stream.legacy_reply.is_some() || (phase == Phase::Incoming && kind == Kind::Http);
         let request_unsent = stream.legacy_target.is_some();
         self.kill(id, reason.to_owned());
         self.send_reset(id, kind, legacy, reason, reply_pending, request_unsent);
         Ok(())
     }
 
-    fn send_reset(&mut self, id: StreamId, kind: Kind, legacy: bool, reason: &str, reply_pending: bool, request_unsent: bool) {
+    fn send_reset(
+        &mut self,
+        id: StreamId,
+        kind: Kind,
+        legacy: bool,
+        reason: &str,
+        reply_pending: bool,
+        request_unsent: bool,
+    ) {
         let error = Some(reason.to_owned());
         if !legacy {
-            self.emit(&Envelope::StreamReset(StreamReset { id, error: reason.to_owned() }));
+            self.emit(&Envelope::StreamReset(StreamReset {
+                id,
+                error: reason.to_owned(),
+            }));
             return;
         }
         match kind {
             Kind::Connect => self.emit(&Envelope::ConnectClose(Close { id, error })),
-            Kind::WebSocket => self.emit(&Envelope::WsClose(WsClose { id, code: 1011, error })),
+            Kind::WebSocket => self.emit(&Envelope::WsClose(WsClose {
+                id,
+                code: 1011,
+                error,
+            })),
             // A Go agent waits for exactly one response per request.
             Kind::Http if self.role == Role::Server && reply_pending => {
                 self.emit(&Envelope::HttpResponse(tunnel_error_response(id, reason)))
@@ -723,7 +852,9 @@ impl Session {
     /// The application is done with the stream (its handle was dropped). A stream not yet
     /// finished both ways is reset.
     pub fn release(&mut self, id: StreamId) {
-        let Some(stream) = self.streams.get(&id) else { return };
+        let Some(stream) = self.streams.get(&id) else {
+            return;
+        };
         if self.closed.is_none() && stream.phase != Phase::Dead && !stream.is_done() {
             let _ = self.reset(id, "stream dropped by the application");
         }
@@ -755,7 +886,9 @@ impl Session {
     /// Marks a stream dead, drops its unread data (returning its connection credit) and wakes
     /// its reader and writer.
     fn kill(&mut self, id: StreamId, reason: String) {
-        let Some(stream) = self.streams.get_mut(&id) else { return };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
         stream.phase = Phase::Dead;
         stream.error = Some(reason);
         stream.recv.clear();
@@ -786,7 +919,9 @@ impl Session {
     fn wake_blocked_writers(&mut self) {
         let conn = self.conn_send.available();
         for (id, stream) in self.streams.iter_mut() {
-            if stream.send_blocked && (stream.legacy || (conn > 0 && stream.send_window.available() > 0)) {
+            if stream.send_blocked
+                && (stream.legacy || (conn > 0 && stream.send_window.available() > 0))
+            {
                 stream.send_blocked = false;
                 self.events.push_back(Event::Writable(*id));
             }
@@ -802,12 +937,16 @@ impl Session {
         match self.streams.get(&id) {
             Some(stream) if stream.phase != Phase::Dead => {
                 let _ = self.reset(id, reason);
-                self.events.push_back(Event::Reset { id, reason: reason.to_owned() });
+                self.events.push_back(Event::Reset {
+                    id,
+                    reason: reason.to_owned(),
+                });
             }
             Some(_) => {}
-            None if self.extensions => {
-                self.emit(&Envelope::StreamReset(StreamReset { id, error: reason.to_owned() }))
-            }
+            None if self.extensions => self.emit(&Envelope::StreamReset(StreamReset {
+                id,
+                error: reason.to_owned(),
+            })),
             None => {}
         }
     }
@@ -835,7 +974,11 @@ impl Session {
                 }
             }
             Envelope::HttpRequest(r) => {
-                let target = Target::Http { method: r.method, url: r.url, headers: r.headers };
+                let target = Target::Http {
+                    method: r.method,
+                    url: r.url,
+                    headers: r.headers,
+                };
                 // A whole request: the reply must be whole too, whatever the peer announced.
                 if self.on_open(r.id, target, true) {
                     self.push_whole_body(r.id, r.body);
@@ -843,7 +986,15 @@ impl Session {
             }
             Envelope::HttpRequestHead(r) => {
                 let legacy = !self.extensions;
-                self.on_open(r.id, Target::Http { method: r.method, url: r.url, headers: r.headers }, legacy);
+                self.on_open(
+                    r.id,
+                    Target::Http {
+                        method: r.method,
+                        url: r.url,
+                        headers: r.headers,
+                    },
+                    legacy,
+                );
             }
             Envelope::ConnectOpen(o) => {
                 let legacy = !self.extensions;
@@ -851,7 +1002,14 @@ impl Session {
             }
             Envelope::WsOpen(o) => {
                 let legacy = !self.extensions;
-                self.on_open(o.id, Target::WebSocket { url: o.url, headers: o.headers }, legacy);
+                self.on_open(
+                    o.id,
+                    Target::WebSocket {
+                        url: o.url,
+                        headers: o.headers,
+                    },
+                    legacy,
+                );
             }
             Envelope::ConnectAck(ack) => {
                 self.on_ack(ack, Kind::Connect, Reply::Connect);
@@ -860,15 +1018,33 @@ impl Session {
                 self.on_ack(ack, Kind::WebSocket, Reply::WebSocket);
             }
             Envelope::HttpResponseHead(h) => {
-                let ack = Ack { id: h.id, ok: true, error: None };
-                self.on_ack(ack, Kind::Http, Reply::Http { status_code: h.status_code, headers: h.headers });
+                let ack = Ack {
+                    id: h.id,
+                    ok: true,
+                    error: None,
+                };
+                self.on_ack(
+                    ack,
+                    Kind::Http,
+                    Reply::Http {
+                        status_code: h.status_code,
+                        headers: h.headers,
+                    },
+                );
             }
             Envelope::HttpResponse(r) => {
                 let id = r.id;
                 let accepted = self.on_ack(
-                    Ack { id, ok: true, error: None },
+                    Ack {
+                        id,
+                        ok: true,
+                        error: None,
+                    },
                     Kind::Http,
-                    Reply::Http { status_code: r.status_code, headers: r.headers },
+                    Reply::Http {
+                        status_code: r.status_code,
+                        headers: r.headers,
+                    },
                 );
                 if accepted {
                     self.push_whole_body(id, r.body);
@@ -877,52 +1053,123 @@ impl Session {
                     }
                 }
             }
-            Envelope::ConnectData(d) => self.on_data(d.id, Kind::Connect, Chunk { data: d.data, ws_type: 0 }),
-            Envelope::BodyChunk(d) => self.on_data(d.id, Kind::Http, Chunk { data: d.data, ws_type: 0 }),
-            Envelope::WsMessage(m) => self.on_data(m.id, Kind::WebSocket, Chunk { data: m.data, ws_type: m.message_type.max(1) }),
+            Envelope::ConnectData(d) => self.on_data(
+                d.id,
+                Kind::Connect,
+                Chunk {
+                    data: d.data,
+                    ws_type: 0,
+                },
+            ),
+            Envelope::BodyChunk(d) => self.on_data(
+                d.id,
+                Kind::Http,
+                Chunk {
+                    data: d.data,
+                    ws_type: 0,
+                },
+            ),
+            Envelope::WsMessage(m) => self.on_data(
+                m.id,
+                Kind::WebSocket,
+                Chunk {
+                    data: m.data,
+                    ws_type: m.message_type.max(1),
+                },
+            ),
             Envelope::ConnectFin(c) => self.on_fin(c.id, Kind::Connect, false),
             Envelope::BodyEnd(c) => match c.error {
                 Some(error) => self.on_reset(c.id, format!("body aborted by peer: {error}")),
                 None => self.on_fin(c.id, Kind::Http, false),
             },
             Envelope::ConnectClose(c) => {
-                let opening = self.streams.get(&c.id).is_some_and(|s| s.phase == Phase::Opening);
+                let opening = self
+                    .streams
+                    .get(&c.id)
+                    .is_some_and(|s| s.phase == Phase::Opening);
                 if opening {
                     // Go servers report a failed dial with a close instead of a refusing ack.
-                    let reason = c.error.unwrap_or_else(|| "closed by peer before ack".into());
-                    self.on_ack(Ack { id: c.id, ok: false, error: Some(reason) }, Kind::Connect, Reply::Connect);
+                    let reason = c
+                        .error
+                        .unwrap_or_else(|| "closed by peer before ack".into());
+                    self.on_ack(
+                        Ack {
+                            id: c.id,
+                            ok: false,
+                            error: Some(reason),
+                        },
+                        Kind::Connect,
+                        Reply::Connect,
+                    );
                 } else {
                     self.on_fin(c.id, Kind::Connect, true);
                 }
             }
             Envelope::WsClose(c) => {
-                let opening = self.streams.get(&c.id).is_some_and(|s| s.phase == Phase::Opening);
+                let opening = self
+                    .streams
+                    .get(&c.id)
+                    .is_some_and(|s| s.phase == Phase::Opening);
                 if opening {
-                    let reason = c.error.unwrap_or_else(|| format!("closed by peer before ack (code {})", c.code));
-                    self.on_ack(Ack { id: c.id, ok: false, error: Some(reason) }, Kind::WebSocket, Reply::WebSocket);
+                    let reason = c
+                        .error
+                        .unwrap_or_else(|| format!("closed by peer before ack (code {})", c.code));
+                    self.on_ack(
+                        Ack {
+                            id: c.id,
+                            ok: false,
+                            error: Some(reason),
+                        },
+                        Kind::WebSocket,
+                        Reply::WebSocket,
+                    );
                 } else {
                     // Deliver the close as a final message in RFC 6455 close-frame layout.
-                    if self.streams.get(&c.id).is_some_and(|s| !s.recv_fin && s.phase != Phase::Dead) {
+                    if self
+                        .streams
+                        .get(&c.id)
+                        .is_some_and(|s| !s.recv_fin && s.phase != Phase::Dead)
+                    {
                         let mut payload = BytesMut::new();
                         if c.code != 0 {
                             payload.extend_from_slice(&c.code.to_be_bytes());
                             payload.extend_from_slice(c.error.unwrap_or_default().as_bytes());
                         }
-                        self.push_chunk(c.id, Chunk { data: payload.freeze(), ws_type: ws_type::CLOSE });
+                        self.push_chunk(
+                            c.id,
+                            Chunk {
+                                data: payload.freeze(),
+                                ws_type: ws_type::CLOSE,
+                            },
+                        );
                     }
                     self.on_fin(c.id, Kind::WebSocket, true);
                 }
             }
             Envelope::StreamReset(r) => {
-                let opening = self.streams.get(&r.id).is_some_and(|s| s.phase == Phase::Opening);
+                let opening = self
+                    .streams
+                    .get(&r.id)
+                    .is_some_and(|s| s.phase == Phase::Opening);
                 if opening {
                     let kind = self.streams.get(&r.id).map_or(Kind::Http, |s| s.kind);
                     let reply = match kind {
-                        Kind::Http => Reply::Http { status_code: 0, headers: Headers::new() },
+                        Kind::Http => Reply::Http {
+                            status_code: 0,
+                            headers: Headers::new(),
+                        },
                         Kind::Connect => Reply::Connect,
                         Kind::WebSocket => Reply::WebSocket,
                     };
-                    self.on_ack(Ack { id: r.id, ok: false, error: Some(r.error) }, kind, reply);
+                    self.on_ack(
+                        Ack {
+                            id: r.id,
+                            ok: false,
+                            error: Some(r.error),
+                        },
+                        kind,
+                        reply,
+                    );
                 } else {
                     self.on_reset(r.id, format!("reset by peer: {}", r.error));
                 }
@@ -957,7 +1204,9 @@ impl Session {
                 self.wake_blocked_writers();
             }
             Some(id) => {
-                let Some(stream) = self.streams.get_mut(&id) else { return };
+                let Some(stream) = self.streams.get_mut(&id) else {
+                    return;
+                };
                 if !stream.send_window.grant(update.increment) {
                     self.violation(id, "flow-control window overflow");
                     return;
@@ -1026,7 +1275,13 @@ impl Session {
 
     fn push_whole_body(&mut self, id: StreamId, body: Bytes) {
         if !body.is_empty() {
-            self.push_chunk(id, Chunk { data: body, ws_type: 0 });
+            self.push_chunk(
+                id,
+                Chunk {
+                    data: body,
+                    ws_type: 0,
+                },
+            );
         }
         if let Some(stream) = self.streams.get_mut(&id) {
             stream.recv_fin = true;
@@ -1036,7 +1291,9 @@ impl Session {
 
     /// Queues received data (no checks: callers validated it).
     fn push_chunk(&mut self, id: StreamId, chunk: Chunk) {
-        let Some(stream) = self.streams.get_mut(&id) else { return };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
         let n = chunk.data.len();
         let was_empty = stream.recv.is_empty();
         stream.recv.push_back(chunk);
@@ -1064,7 +1321,9 @@ impl Session {
             self.violation(id, "connection flow-control window exceeded");
             return;
         }
-        let Some(stream) = self.streams.get_mut(&id) else { return };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
         let problem = if stream.phase == Phase::Dead {
             None
         } else if stream.kind != kind {
@@ -1114,7 +1373,14 @@ impl Session {
     }
 
     fn on_reset(&mut self, id: StreamId, reason: String) {
-        match self.streams.get(&id) {
+        match self.streams.get_mut(&id) {
+            // The peer already sent everything: what it sent stays readable, only our sending
+            // direction ends (like a TCP peer that closed after `shutdown(WR)`).
+            Some(stream) if stream.phase == Phase::Open && stream.recv_fin => {
+                stream.send_closed = true;
+                stream.send_blocked = false;
+                self.events.push_back(Event::Writable(id));
+            }
             Some(stream) if stream.phase != Phase::Dead => {
                 self.kill(id, reason.clone());
                 self.events.push_back(Event::Reset { id, reason });
@@ -1136,4 +1402,5 @@ fn tunnel_error_response(id: StreamId, reason: &str) -> HttpResponse {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

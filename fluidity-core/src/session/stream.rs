@@ -123,7 +123,13 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    pub(crate) fn new(kind: Kind, legacy: bool, phase: Phase, recv_window: u32, send_window: Option<u32>) -> Self {
+    pub(crate) fn new(
+        kind: Kind,
+        legacy: bool,
+        phase: Phase,
+        recv_window: u32,
+        send_window: Option<u32>,
+    ) -> Self {
         Stream {
             kind,
             legacy,
@@ -145,6 +151,7 @@ impl Stream {
 
     /// Both directions are over and everything received was consumed.
     pub(crate) fn is_done(&self) -> bool {
-        self.phase == Phase::Dead || ((self.send_fin || self.send_closed) && self.recv_fin && self.recv.is_empty())
+        self.phase == Phase::Dead
+            || ((self.send_fin || self.send_closed) && self.recv_fin && self.recv.is_empty())
     }
 }

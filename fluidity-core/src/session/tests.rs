@@ -3,7 +3,10 @@
 use super::*;
 
 fn config() -> SessionConfig {
-    SessionConfig { first_stream_id: Some(1), ..SessionConfig::default() }
+    SessionConfig {
+        first_stream_id: Some(1),
+        ..SessionConfig::default()
+    }
 }
 
 struct Pair {
@@ -22,7 +25,13 @@ impl Pair {
             client.send_hello();
         }
         let server = Session::new(Role::Server, codec, config(), now);
-        let mut pair = Pair { client, server, now, to_server: BytesMut::new(), to_client: BytesMut::new() };
+        let mut pair = Pair {
+            client,
+            server,
+            now,
+            to_server: BytesMut::new(),
+            to_client: BytesMut::new(),
+        };
         pair.pump();
         assert!(pair.client.peer_hello().is_some() && pair.server.peer_hello().is_some());
         pair.drain_events();
@@ -50,19 +59,35 @@ impl Pair {
     }
 
     fn drain_events(&mut self) -> (Vec<Event>, Vec<Event>) {
-        (std::iter::from_fn(|| self.client.poll_event()).collect(), std::iter::from_fn(|| self.server.poll_event()).collect())
+        (
+            std::iter::from_fn(|| self.client.poll_event()).collect(),
+            std::iter::from_fn(|| self.server.poll_event()).collect(),
+        )
     }
 
     /// Opens and accepts a CONNECT stream.
     fn connect(&mut self, address: &str) -> StreamId {
-        let id = self.client.open(Target::Connect { address: address.into() }).unwrap();
+        let id = self
+            .client
+            .open(Target::Connect {
+                address: address.into(),
+            })
+            .unwrap();
         self.pump();
         let (_, server_events) = self.drain_events();
-        assert!(server_events.contains(&Event::Incoming { id, target: Target::Connect { address: address.into() } }));
+        assert!(server_events.contains(&Event::Incoming {
+            id,
+            target: Target::Connect {
+                address: address.into()
+            }
+        }));
         self.server.accept(id, Reply::Connect).unwrap();
         self.pump();
         let (client_events, _) = self.drain_events();
-        assert!(client_events.contains(&Event::Accepted { id, reply: Reply::Connect }));
+        assert!(client_events.contains(&Event::Accepted {
+            id,
+            reply: Reply::Connect
+        }));
         id
     }
 }
@@ -79,14 +104,18 @@ fn read_all(session: &mut Session, id: StreamId) -> (Vec<u8>, bool) {
 }
 
 fn pattern(stream: u64, offset: usize, len: usize) -> Vec<u8> {
-    (offset..offset + len).map(|i| (i as u64).wrapping_mul(31).wrapping_add(stream * 7) as u8).collect()
+    (offset..offset + len)
+        .map(|i| (i as u64).wrapping_mul(31).wrapping_add(stream * 7) as u8)
+        .collect()
 }
 
 #[test]
 fn hundred_interleaved_streams_deliver_every_byte_in_order() {
     for codec in [CodecKind::Binary, CodecKind::Json] {
         let mut p = Pair::new(codec);
-        let ids: Vec<StreamId> = (0..100).map(|i| p.connect(&format!("host{i}:443"))).collect();
+        let ids: Vec<StreamId> = (0..100)
+            .map(|i| p.connect(&format!("host{i}:443")))
+            .collect();
         let total = 200_000usize;
         let mut sent = vec![0usize; 100];
         let mut received: Vec<Vec<u8>> = vec![Vec::new(); 100];
@@ -113,7 +142,9 @@ fn hundred_interleaved_streams_deliver_every_byte_in_order() {
         // The way back flows before the client finishes: over JSON, as with Go, a finish is a
         // full close.
         for (i, id) in ids.iter().enumerate() {
-            p.server.send(*id, &pattern(1000 + i as u64, 0, 5000)).unwrap();
+            p.server
+                .send(*id, &pattern(1000 + i as u64, 0, 5000))
+                .unwrap();
         }
         for id in &ids {
             p.client.finish(*id).unwrap();
@@ -123,7 +154,11 @@ fn hundred_interleaved_streams_deliver_every_byte_in_order() {
             let (rest, end) = read_all(&mut p.server, *id);
             received[i].extend(rest);
             assert!(end, "stream {i} ended");
-            assert_eq!(received[i], pattern(i as u64, 0, total), "stream {i} intact and in order ({codec:?})");
+            assert_eq!(
+                received[i],
+                pattern(i as u64, 0, total),
+                "stream {i} intact and in order ({codec:?})"
+            );
             p.server.finish(*id).unwrap();
         }
         p.pump();
@@ -190,7 +225,9 @@ fn inject(p: &mut Pair, codec: CodecKind, envelopes: &[Envelope]) {
 }
 
 fn sends_reset(events: &[Event], id: StreamId) -> bool {
-    events.iter().any(|e| matches!(e, Event::Reset { id: i, .. } if *i == id))
+    events
+        .iter()
+        .any(|e| matches!(e, Event::Reset { id: i, .. } if *i == id))
 }
 
 #[test]
@@ -199,11 +236,24 @@ fn window_overrun_resets_only_that_stream() {
     let a = p.connect("a:1");
     let b = p.connect("b:1");
     let too_much = Bytes::from(vec![1u8; 256 * 1024 + 1]);
-    inject(&mut p, CodecKind::Binary, &[Envelope::ConnectData(Data { id: a, data: too_much })]);
+    inject(
+        &mut p,
+        CodecKind::Binary,
+        &[Envelope::ConnectData(Data {
+            id: a,
+            data: too_much,
+        })],
+    );
     let (client_events, server_events) = p.drain_events();
     assert!(sends_reset(&server_events, a), "{server_events:?}");
-    assert!(sends_reset(&client_events, a), "the peer hears about it: {client_events:?}");
-    assert!(matches!(p.server.recv(a, 10), Err(Error::StreamReset { .. })));
+    assert!(
+        sends_reset(&client_events, a),
+        "the peer hears about it: {client_events:?}"
+    );
+    assert!(matches!(
+        p.server.recv(a, 10),
+        Err(Error::StreamReset { .. })
+    ));
     // B is untouched.
     p.client.send(b, b"still fine").unwrap();
     p.pump();
@@ -218,19 +268,47 @@ fn unknown_ids_and_duplicate_opens_reset_only_that_stream() {
     let stranger = StreamId(0xdead);
     let mut c = CodecKind::Binary.new_codec(1 << 20);
     let mut buf = BytesMut::new();
-    c.encode(&Envelope::ConnectData(Data { id: stranger, data: Bytes::from_static(b"x") }), &mut buf).unwrap();
+    c.encode(
+        &Envelope::ConnectData(Data {
+            id: stranger,
+            data: Bytes::from_static(b"x"),
+        }),
+        &mut buf,
+    )
+    .unwrap();
     p.server.receive(&mut buf, p.now).unwrap();
     let mut out = BytesMut::from(&p.server.poll_transmit().unwrap()[..]);
     let answer = c.decode(&mut out).unwrap();
-    assert!(matches!(answer, Some(Decoded::Envelope(Envelope::StreamReset(StreamReset { id, .. }))) if id == stranger), "{answer:?}");
+    assert!(
+        matches!(answer, Some(Decoded::Envelope(Envelope::StreamReset(StreamReset { id, .. }))) if id == stranger),
+        "{answer:?}"
+    );
 
-    inject(&mut p, CodecKind::Binary, &[Envelope::ConnectOpen(ConnectOpen { id: a, address: "evil:1".into() })]);
+    inject(
+        &mut p,
+        CodecKind::Binary,
+        &[Envelope::ConnectOpen(ConnectOpen {
+            id: a,
+            address: "evil:1".into(),
+        })],
+    );
     let (client_events, server_events) = p.drain_events();
     assert!(sends_reset(&server_events, a));
     assert!(sends_reset(&client_events, a));
-    assert!(!server_events.iter().any(|e| matches!(e, Event::Incoming { .. })));
+    assert!(
+        !server_events
+            .iter()
+            .any(|e| matches!(e, Event::Incoming { .. }))
+    );
 
-    inject(&mut p, CodecKind::Binary, &[Envelope::ConnectData(Data { id: b, data: Bytes::from_static(b"ok") })]);
+    inject(
+        &mut p,
+        CodecKind::Binary,
+        &[Envelope::ConnectData(Data {
+            id: b,
+            data: Bytes::from_static(b"ok"),
+        })],
+    );
     assert_eq!(read_all(&mut p.server, b).0, b"ok");
     assert!(p.server.closed_reason().is_none());
 }
@@ -241,7 +319,14 @@ fn data_after_end_resets_the_stream() {
     let a = p.connect("a:1");
     p.client.finish(a).unwrap();
     p.pump();
-    inject(&mut p, CodecKind::Binary, &[Envelope::ConnectData(Data { id: a, data: Bytes::from_static(b"late") })]);
+    inject(
+        &mut p,
+        CodecKind::Binary,
+        &[Envelope::ConnectData(Data {
+            id: a,
+            data: Bytes::from_static(b"late"),
+        })],
+    );
     let (_, server_events) = p.drain_events();
     assert!(sends_reset(&server_events, a));
 }
@@ -252,13 +337,33 @@ fn an_oversized_frame_closes_the_connection_with_a_clear_error() {
         let mut p = Pair::new(codec);
         let mut c = codec.new_codec(usize::MAX);
         let mut buf = BytesMut::new();
-        c.encode(&Envelope::ConnectData(Data { id: StreamId(1), data: Bytes::from(vec![0u8; 2 << 20]) }), &mut buf).unwrap();
+        c.encode(
+            &Envelope::ConnectData(Data {
+                id: StreamId(1),
+                data: Bytes::from(vec![0u8; 2 << 20]),
+            }),
+            &mut buf,
+        )
+        .unwrap();
         let err = p.server.receive(&mut buf, p.now).unwrap_err();
-        assert!(matches!(err, Error::FrameTooLarge { limit: 1048576, .. }), "{err}");
+        assert!(
+            matches!(err, Error::FrameTooLarge { limit: 1048576, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("exceeds the limit"));
         let (_, server_events) = p.drain_events();
-        assert!(server_events.iter().any(|e| matches!(e, Event::Closed { .. })));
-        assert!(p.server.open(Target::Connect { address: "x:1".into() }).is_err());
+        assert!(
+            server_events
+                .iter()
+                .any(|e| matches!(e, Event::Closed { .. }))
+        );
+        assert!(
+            p.server
+                .open(Target::Connect {
+                    address: "x:1".into()
+                })
+                .is_err()
+        );
     }
 }
 
@@ -290,8 +395,10 @@ fn a_go_agent_session_uses_whole_http_envelopes() {
     let now = Instant::now();
     let mut server = Session::new(Role::Server, CodecKind::Json, config(), now);
     let mut input = BytesMut::from(concat!(
-        r#"{"type":"iam_auth_request","payload":{"id":"0123456789abcdef0123456789abcdef","timestamp":"t","service":"tunnel","region":"r","access_key_id":"AK","signature":"S","signed_headers":""}}"#, "\n",
-        r#"{"type":"http_request","payload":{"id":"a1b2c3d4e5f60719","method":"POST","url":"http://127.0.0.1:8000/sha256","headers":{"Content-Type":["application/octet-stream"]},"body":"AAEC/f7/aGk="}}"#, "\n",
+        r#"{"type":"iam_auth_request","payload":{"id":"0123456789abcdef0123456789abcdef","timestamp":"t","service":"tunnel","region":"r","access_key_id":"AK","signature":"S","signed_headers":""}}"#,
+        "\n",
+        r#"{"type":"http_request","payload":{"id":"a1b2c3d4e5f60719","method":"POST","url":"http://127.0.0.1:8000/sha256","headers":{"Content-Type":["application/octet-stream"]},"body":"AAEC/f7/aGk="}}"#,
+        "\n",
     ));
     server.receive(&mut input, now).unwrap();
     let out = server.poll_transmit().unwrap();
@@ -299,12 +406,28 @@ fn a_go_agent_session_uses_whole_http_envelopes() {
 "#);
     let events: Vec<Event> = std::iter::from_fn(|| server.poll_event()).collect();
     let id = StreamId(0xa1b2c3d4e5f60719);
-    assert!(matches!(&events[1], Event::Incoming { id: i, target: Target::Http { method, .. } } if *i == id && method == "POST"));
-    assert_eq!(read_all(&mut server, id), (b"\x00\x01\x02\xfd\xfe\xffhi".to_vec(), true));
-    server.accept(id, Reply::Http { status_code: 200, headers: Headers::new() }).unwrap();
+    assert!(
+        matches!(&events[1], Event::Incoming { id: i, target: Target::Http { method, .. } } if *i == id && method == "POST")
+    );
+    assert_eq!(
+        read_all(&mut server, id),
+        (b"\x00\x01\x02\xfd\xfe\xffhi".to_vec(), true)
+    );
+    server
+        .accept(
+            id,
+            Reply::Http {
+                status_code: 200,
+                headers: Headers::new(),
+            },
+        )
+        .unwrap();
     assert_eq!(server.send(id, b"hello ").unwrap(), 6);
     assert_eq!(server.send(id, b"go").unwrap(), 2);
-    assert!(server.poll_transmit().is_none(), "nothing until the body is whole");
+    assert!(
+        server.poll_transmit().is_none(),
+        "nothing until the body is whole"
+    );
     server.finish(id).unwrap();
     assert_eq!(
         &server.poll_transmit().unwrap()[..],
@@ -318,7 +441,9 @@ fn a_go_agent_connect_refusal_gets_ack_then_close() {
     let mut server = Session::new(Role::Server, CodecKind::Json, config(), now);
     let mut input = BytesMut::from(&b"{\"type\":\"connect_open\",\"payload\":{\"id\":\"c0ffee0000000002\",\"address\":\"nowhere.invalid:443\"}}\n"[..]);
     server.receive(&mut input, now).unwrap();
-    server.refuse(StreamId(0xc0ffee0000000002), "no such host").unwrap();
+    server
+        .refuse(StreamId(0xc0ffee0000000002), "no such host")
+        .unwrap();
     assert_eq!(
         &server.poll_transmit().unwrap()[..],
         &b"{\"type\":\"connect_ack\",\"payload\":{\"id\":\"c0ffee0000000002\",\"ok\":false,\"error\":\"no such host\"}}\n{\"type\":\"connect_close\",\"payload\":{\"id\":\"c0ffee0000000002\",\"error\":\"no such host\"}}\n"[..]
@@ -328,19 +453,41 @@ fn a_go_agent_connect_refusal_gets_ack_then_close() {
 #[test]
 fn a_go_peer_flooding_data_is_backpressured_not_dropped() {
     let now = Instant::now();
-    let small = SessionConfig { connection_window: 100_000, ..config() };
+    let small = SessionConfig {
+        connection_window: 100_000,
+        ..config()
+    };
     let mut server = Session::new(Role::Server, CodecKind::Json, small, now);
     let mut codec = CodecKind::Json.new_codec(1 << 20);
     let mut wire = BytesMut::new();
     let id = StreamId(7);
-    codec.encode(&Envelope::ConnectOpen(ConnectOpen { id, address: "a:1".into() }), &mut wire).unwrap();
+    codec
+        .encode(
+            &Envelope::ConnectOpen(ConnectOpen {
+                id,
+                address: "a:1".into(),
+            }),
+            &mut wire,
+        )
+        .unwrap();
     server.receive(&mut wire, now).unwrap();
     server.accept(id, Reply::Connect).unwrap();
     for i in 0..10u8 {
-        codec.encode(&Envelope::ConnectData(Data { id, data: Bytes::from(vec![i; 32 * 1024]) }), &mut wire).unwrap();
+        codec
+            .encode(
+                &Envelope::ConnectData(Data {
+                    id,
+                    data: Bytes::from(vec![i; 32 * 1024]),
+                }),
+                &mut wire,
+            )
+            .unwrap();
     }
     server.receive(&mut wire, now).unwrap();
-    assert!(!server.wants_input(), "stops reading at the connection window");
+    assert!(
+        !server.wants_input(),
+        "stops reading at the connection window"
+    );
     assert!(!wire.is_empty(), "the rest waits in the socket buffer");
     let mut got = Vec::new();
     while got.len() < 10 * 32 * 1024 {
@@ -354,7 +501,14 @@ fn a_go_peer_flooding_data_is_backpressured_not_dropped() {
 #[test]
 fn streamed_http_between_rust_peers_never_builds_one_big_frame() {
     let mut p = Pair::new(CodecKind::Binary);
-    let id = p.client.open(Target::Http { method: "POST".into(), url: "http://x/".into(), headers: Headers::new() }).unwrap();
+    let id = p
+        .client
+        .open(Target::Http {
+            method: "POST".into(),
+            url: "http://x/".into(),
+            headers: Headers::new(),
+        })
+        .unwrap();
     let body = pattern(3, 0, 300_000);
     let mut off = 0;
     while off < body.len() {
@@ -366,29 +520,72 @@ fn streamed_http_between_rust_peers_never_builds_one_big_frame() {
     p.pump();
     let (_, server_events) = p.drain_events();
     assert!(matches!(server_events[0], Event::Incoming { .. }));
-    p.server.accept(id, Reply::Http { status_code: 201, headers: Headers::new() }).unwrap();
+    p.server
+        .accept(
+            id,
+            Reply::Http {
+                status_code: 201,
+                headers: Headers::new(),
+            },
+        )
+        .unwrap();
     p.server.send(id, b"done").unwrap();
     p.server.finish(id).unwrap();
     p.pump();
     let (client_events, _) = p.drain_events();
-    assert!(client_events.contains(&Event::Accepted { id, reply: Reply::Http { status_code: 201, headers: Headers::new() } }));
+    assert!(client_events.contains(&Event::Accepted {
+        id,
+        reply: Reply::Http {
+            status_code: 201,
+            headers: Headers::new()
+        }
+    }));
     assert_eq!(read_all(&mut p.client, id), (b"done".to_vec(), true));
 }
 
 #[test]
 fn refusal_and_reset_reach_the_client() {
     let mut p = Pair::new(CodecKind::Binary);
-    let id = p.client.open(Target::Connect { address: "denied:22".into() }).unwrap();
+    let id = p
+        .client
+        .open(Target::Connect {
+            address: "denied:22".into(),
+        })
+        .unwrap();
     p.pump();
     p.server.refuse(id, "egress denied").unwrap();
     p.pump();
     let (client_events, _) = p.drain_events();
-    assert!(client_events.contains(&Event::Refused { id, reason: "egress denied".into() }), "{client_events:?}");
+    assert!(
+        client_events.contains(&Event::Refused {
+            id,
+            reason: "egress denied".into()
+        }),
+        "{client_events:?}"
+    );
 
     let a = p.connect("a:1");
     p.server.reset(a, "target went away").unwrap();
     p.pump();
     let (client_events, _) = p.drain_events();
     assert!(sends_reset(&client_events, a));
-    assert!(matches!(p.client.send(a, b"x"), Err(Error::StreamReset { .. })));
+    assert!(matches!(
+        p.client.send(a, b"x"),
+        Err(Error::StreamReset { .. })
+    ));
+}
+
+#[test]
+fn a_reset_after_the_peers_end_keeps_what_it_sent() {
+    let mut p = Pair::new(CodecKind::Binary);
+    let a = p.connect("a:1");
+    p.server.send(a, b"the answer").unwrap();
+    p.server.finish(a).unwrap();
+    p.server.release(a); // the client has not finished: this resets the stream
+    p.pump();
+    assert!(matches!(
+        p.client.send(a, b"more"),
+        Err(Error::StreamState { .. })
+    ));
+    assert_eq!(read_all(&mut p.client, a), (b"the answer".to_vec(), true));
 }
