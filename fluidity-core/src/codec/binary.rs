@@ -106,21 +106,20 @@ fn type_name(code: u8) -> Option<&'static str> {
 
 impl Codec for BinaryCodec {
     fn encode(&mut self, envelope: &Envelope, dst: &mut BytesMut) -> Result<()> {
+        match envelope {
+            Envelope::ConnectData(p) => {
+                return self.encode_data(DataFrame::Connect(p.id, &p.data), dst);
+            }
+            Envelope::BodyChunk(p) => return self.encode_data(DataFrame::Body(p.id, &p.data), dst),
+            Envelope::WsMessage(p) => {
+                return self.encode_data(DataFrame::WebSocket(p.id, p.message_type, &p.data), dst);
+            }
+            _ => {}
+        }
         let start = dst.len();
         dst.put_u32(0); // patched below
         dst.put_u8(type_code(envelope));
         match envelope {
-            Envelope::ConnectData(p) | Envelope::BodyChunk(p) => {
-                dst.reserve(8 + p.data.len());
-                dst.put_u64(p.id.0);
-                dst.extend_from_slice(&p.data);
-            }
-            Envelope::WsMessage(p) => {
-                dst.reserve(9 + p.data.len());
-                dst.put_u64(p.id.0);
-                dst.put_u8(p.message_type);
-                dst.extend_from_slice(&p.data);
-            }
             Envelope::WindowUpdate(p) => {
                 dst.put_u8(u8::from(p.id.is_some()));
                 dst.put_u64(p.id.map_or(0, |id| id.0));

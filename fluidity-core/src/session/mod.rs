@@ -8,14 +8,16 @@
 //!
 //! Guarantees:
 //! - bytes of one stream are delivered in order, exactly once;
-//! - with a peer that speaks the extensions (it sent `hello`), each stream has its own credit
-//!   window (default 256 KiB) and the connection a shared one, so a stalled reader only stops
-//!   its own stream;
+//! - with the binary codec (both ends are Rust peers) each stream has its own credit window
+//!   (default 256 KiB) and the connection a shared one, so a stalled reader only stops its own
+//!   stream; HTTP bodies stream as chunks; CONNECT streams half-close;
 //! - a protocol violation on one stream (unknown id, duplicate open, data after end, window
 //!   overrun) resets that stream only; only a corrupt byte stream closes the connection;
-//! - Go peers (no `hello`) get the upstream envelopes: whole HTTP bodies (bounded by
-//!   [`SessionConfig::max_legacy_body`]), no credit; memory stays bounded because the session
-//!   stops taking input ([`Session::wants_input`]) while their data sits unread.
+//! - with the JSON codec the peer may be a Go peer, so streams keep the Go semantics: whole
+//!   HTTP bodies (bounded by [`SessionConfig::max_legacy_body`]), full closes, no credit; memory
+//!   stays bounded because the session stops taking input ([`Session::wants_input`]) while
+//!   unread data fills the connection window. `hello` and heartbeats still run between Rust
+//!   peers over JSON.
 
 mod flow;
 mod stream;
