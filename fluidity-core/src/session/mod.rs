@@ -810,9 +810,8 @@ impl Session {
         let (kind, legacy, phase) = (stream.kind, stream.legacy, stream.phase);
         let reply_pending =
             stream.legacy_reply.is_some() || (phase == Phase::Incoming && kind == Kind::Http);
-        let request_unsent = stream.legacy_target.is_some();
         self.kill(id, reason.to_owned());
-        self.send_reset(id, kind, legacy, reason, reply_pending, request_unsent);
+        self.send_reset(id, kind, legacy, reason, reply_pending);
         Ok(())
     }
 
@@ -823,7 +822,6 @@ impl Session {
         legacy: bool,
         reason: &str,
         reply_pending: bool,
-        request_unsent: bool,
     ) {
         let error = Some(reason.to_owned());
         if !legacy {
@@ -845,9 +843,7 @@ impl Session {
                 self.emit(&Envelope::HttpResponse(tunnel_error_response(id, reason)))
             }
             // Client: nothing sent yet, or the Go server answers once anyway (dropped on arrival).
-            Kind::Http => {
-                let _ = request_unsent;
-            }
+            Kind::Http => {}
         }
     }
 
