@@ -1081,46 +1081,24 @@ impl Session {
                 None => self.on_fin(c.id, Kind::Http, false),
             },
             Envelope::ConnectClose(c) => {
-                let opening = self
-                    .streams
-                    .get(&c.id)
-                    .is_some_and(|s| s.phase == Phase::Opening);
+                let opening = self.is_opening(c.id);
                 if opening {
                     // Go servers report a failed dial with a close instead of a refusing ack.
                     let reason = c
                         .error
                         .unwrap_or_else(|| "closed by peer before ack".into());
-                    self.on_ack(
-                        Ack {
-                            id: c.id,
-                            ok: false,
-                            error: Some(reason),
-                        },
-                        Kind::Connect,
-                        Reply::Connect,
-                    );
+                    self.on_refused(c.id, Kind::Connect, Reply::Connect, reason);
                 } else {
                     self.on_fin(c.id, Kind::Connect, true);
                 }
             }
             Envelope::WsClose(c) => {
-                let opening = self
-                    .streams
-                    .get(&c.id)
-                    .is_some_and(|s| s.phase == Phase::Opening);
+                let opening = self.is_opening(c.id);
                 if opening {
                     let reason = c
                         .error
                         .unwrap_or_else(|| format!("closed by peer before ack (code {})", c.code));
-                    self.on_ack(
-                        Ack {
-                            id: c.id,
-                            ok: false,
-                            error: Some(reason),
-                        },
-                        Kind::WebSocket,
-                        Reply::WebSocket,
-                    );
+                    self.on_refused(c.id, Kind::WebSocket, Reply::WebSocket, reason);
                 } else {
                     // Deliver the close as a final message in RFC 6455 close-frame layout.
                     if self
@@ -1145,10 +1123,7 @@ impl Session {
                 }
             }
             Envelope::StreamReset(r) => {
-                let opening = self
-                    .streams
-                    .get(&r.id)
-                    .is_some_and(|s| s.phase == Phase::Opening);
+                let opening = self.is_opening(r.id);
                 if opening {
                     let kind = self.streams.get(&r.id).map_or(Kind::Http, |s| s.kind);
                     let reply = match kind {
@@ -1173,6 +1148,22 @@ impl Session {
                 }
             }
         }
+    }
+
+    fn is_opening(&self, id: StreamId) -> bool {
+        self.streams
+            .get(&id)
+            .is_some_and(|s| s.phase == Phase::Opening)
+    }
+
+    /// The peer refused (or failed) a stream we are opening.
+    fn on_refused(&mut self, id: StreamId, kind: Kind, reply: Reply, reason: String) {
+        let ack = Ack {
+            id,
+            ok: false,
+            error: Some(reason),
+        };
+        self.on_ack(ack, kind, reply);
     }
 
     fn on_hello(&mut self, hello: Hello) {
