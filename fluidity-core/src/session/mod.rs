@@ -438,16 +438,19 @@ impl Session {
         Stream::new(kind, legacy, phase, self.config.initial_window, send_window)
     }
 
+    /// The stream, if it still waits for our answer to the peer's open.
+    fn incoming_mut(&mut self, id: StreamId, reason: &'static str) -> Result<&mut Stream> {
+        let stream = self.stream_mut(id)?;
+        if stream.phase != Phase::Incoming {
+            return Err(Error::StreamState { id, reason });
+        }
+        Ok(stream)
+    }
+
     /// (Server) accepts an incoming stream.
     pub fn accept(&mut self, id: StreamId, reply: Reply) -> Result<()> {
         self.check_open()?;
-        let stream = self.stream_mut(id)?;
-        if stream.phase != Phase::Incoming {
-            return Err(Error::StreamState {
-                id,
-                reason: "only an incoming stream can be accepted",
-            });
-        }
+        let stream = self.incoming_mut(id, "only an incoming stream can be accepted")?;
         stream.phase = Phase::Open;
         let legacy = stream.legacy;
         match reply {
@@ -482,13 +485,7 @@ impl Session {
     /// (Server) refuses an incoming stream; the client sees `reason`.
     pub fn refuse(&mut self, id: StreamId, reason: &str) -> Result<()> {
         self.check_open()?;
-        let stream = self.stream_mut(id)?;
-        if stream.phase != Phase::Incoming {
-            return Err(Error::StreamState {
-                id,
-                reason: "only an incoming stream can be refused",
-            });
-        }
+        let stream = self.incoming_mut(id, "only an incoming stream can be refused")?;
         let (kind, legacy) = (stream.kind, stream.legacy);
         self.kill(id, format!("refused: {reason}"));
         self.send_refusal(id, kind, legacy, reason);
