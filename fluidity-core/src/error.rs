@@ -95,6 +95,39 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A peer's certificate (or its absence, or its TLS version) was rejected during or right
+    /// after the TLS handshake; the reason names what was expected and what was found.
+    #[error("peer rejected: {0}")]
+    CertificateRejected(#[source] crate::pki::Rejection),
+
+    /// The TLS layer failed for a reason other than a certificate check (the peer's alert,
+    /// a protocol error, an unusable key).
+    #[error("{context}: {source}")]
+    Tls {
+        /// What was being done.
+        context: String,
+        /// The rustls error.
+        #[source]
+        source: rustls::Error,
+    },
+
+    /// Certificate or key material could not be parsed, generated or used.
+    #[error("{context}: {reason}")]
+    Certificate {
+        /// Which material (a file name, "CA certificate", ...).
+        context: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The CA refused a certificate signing request.
+    #[error("certificate request refused: {0}")]
+    CsrRefused(#[source] crate::pki::CsrRefusal),
+
+    /// The certificate issuer (CA service, local CA) could not be reached or failed.
+    #[error("certificate issuer failed: {0}")]
+    Issuer(String),
+
     /// An operation did not finish within its time limit.
     #[error("{0} timed out after {1:?}")]
     Timeout(&'static str, Duration),
@@ -106,6 +139,14 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// Wraps a certificate/key problem with the material it concerns.
+    pub fn certificate(context: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Error::Certificate {
+            context: context.into(),
+            reason: reason.to_string(),
         }
     }
 
@@ -133,6 +174,7 @@ impl From<Error> for std::io::Error {
                 std::io::ErrorKind::ConnectionAborted
             }
             Error::Timeout(..) => std::io::ErrorKind::TimedOut,
+            Error::CertificateRejected(_) | Error::Tls { .. } => std::io::ErrorKind::InvalidData,
             Error::Io { source, .. } => source.kind(),
             _ => std::io::ErrorKind::Other,
         };

@@ -9,9 +9,11 @@
 //!   events out) with per-stream flow control and heartbeats;
 //! - [`driver`]: a thin tokio driver that runs a session over any `AsyncRead + AsyncWrite`
 //!   and hands out streams that are themselves `AsyncRead + AsyncWrite`;
-//! - [`transport`], [`issue`], [`locate`]: the seams binaries and embedders plug into.
+//! - [`transport`], [`issue`], [`locate`]: the seams binaries and embedders plug into;
+//! - [`pki`] and [`tls`]: ARN-bound certificates, the CA's signing rules, the verifiers, and
+//!   the mutual-TLS 1.3 transport.
 //!
-//! See `docs/protocol.md` for the wire format.
+//! See `docs/protocol.md` for the wire format and `docs/security.md` for the trust model.
 #![forbid(unsafe_code)]
 
 pub mod codec;
@@ -20,7 +22,9 @@ pub mod envelope;
 pub mod error;
 pub mod issue;
 pub mod locate;
+pub mod pki;
 pub mod session;
+pub mod tls;
 pub mod transport;
 
 pub use error::{Error, Result};
