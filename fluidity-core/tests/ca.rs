@@ -546,6 +546,37 @@ fn loads_openssl_cas_in_every_key_encoding_and_signs_openssl_csrs() {
         );
     }
 
+    // A real (81-character) task ARN does not fit openssl's CommonName: the documented way is
+    // an empty subject and the ARN as a URI SAN. The leaf still carries the ARN as CN for Go
+    // peers, and openssl reads and verifies it.
+    let uri_subject = format!("subjectAltName=URI:{},IP:192.0.2.10", support::ARN);
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-key",
+            "sec1.key",
+            "-out",
+            "long.csr",
+            "-subj",
+            "/",
+            "-addext",
+            &uri_subject,
+        ],
+        path,
+    );
+    let ca = CertificateAuthority::from_pem(
+        &read("ec.crt"),
+        &read("sec1.key"),
+        SigningOptions::default(),
+    )
+    .unwrap();
+    let issued = ca.sign(&read("long.csr"), SystemTime::now()).unwrap();
+    std::fs::write(path.join("long.pem"), &issued.certificate_pem).unwrap();
+    openssl(&["verify", "-CAfile", "ec.crt", "long.pem"], path);
+    let subject = openssl(&["x509", "-in", "long.pem", "-noout", "-subject"], path);
+    assert!(subject.contains(support::ARN), "{subject}");
+
     // A key that does not belong to the certificate is caught at load time.
     let err = CertificateAuthority::from_pem(
         &read("rsa.crt"),
