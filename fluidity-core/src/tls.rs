@@ -304,8 +304,13 @@ impl TlsConnector {
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         let stream = tokio::time::timeout(self.handshake_timeout, connector.connect(name, stream))
             .await
-            .map_err(|_| Error::Timeout("TLS handshake", self.handshake_timeout))?
-            .map_err(|e| handshake_error(format!("TLS handshake with {dialled}"), e))?;
+            .map_err(|_| Error::Timeout("TLS handshake", self.handshake_timeout))
+            .and_then(|r| {
+                r.map_err(|e| handshake_error(format!("TLS handshake with {dialled}"), e))
+            })
+            .inspect_err(
+                |e| tracing::warn!(server = %dialled, error = %e, "tunnel handshake failed"),
+            )?;
         let codec = CodecKind::from_alpn(stream.get_ref().1.alpn_protocol());
         Ok(Established {
             stream: TlsStream::Client(stream),

@@ -630,3 +630,56 @@ async fn the_local_ca_lives_in_a_directory() {
     let err = LocalCa::open_or_create(&ca_dir, SigningOptions::default()).unwrap_err();
     assert!(err.to_string().contains("CA in"), "{err}");
 }
+
+/// Byte range of a CSR's certificationRequestInfo (the signed part) inside its DER.
+fn signed_range(der: &[u8]) -> (usize, usize) {
+    // Outer SEQUENCE header, then the inner SEQUENCE's header and length.
+    let outer_header = if der[1] & 0x80 == 0 {
+        2
+    } else {
+        2 + usize::from(der[1] & 0x7f)
+    };
+    let start = outer_header;
+    let length_byte = der[start + 1];
+    let (header, length) = if length_byte & 0x80 == 0 {
+        (2, usize::from(length_byte))
+    } else {
+        let count = usize::from(length_byte & 0x7f);
+        let length = der[start + 2..start + 2 + count]
+            .iter()
+            .fold(0usize, |acc, b| acc << 8 | usize::from(*b));
+        (2 + count, length)
+    };
+    (start, start + header + length)
+}
+
+proptest::proptest! {
+    /// Arbitrary bytes never panic the CSR and certificate parsers; they are refused.
+    #[test]
+    fn parsers_refuse_garbage_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+        proptest::prop_assert!(SigningRequest::parse_der(&bytes).is_err());
+        proptest::prop_assert!(fluidity_core::pki::CertificateInfo::parse(&bytes).is_err());
+        let pem = pem_encode("CERTIFICATE REQUEST", &bytes);
+        proptest::prop_assert!(authority().sign(&pem, SystemTime::now()).is_err());
+    }
+
+    /// Truncating or flipping a byte of a valid CSR is always caught.
+    #[test]
+    fn damaged_csrs_are_refused(cut in 1usize..200, flip in 0usize..400) {
+        let key = keys::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let request = csr::build(&key, ARN, &[ip("10.0.0.1")]).unwrap();
+        let der = CertificateSigningRequestDer::from_pem_slice(request.as_bytes()).unwrap().as_ref().to_vec();
+        let truncated = &der[..der.len().saturating_sub(cut)];
+        proptest::prop_assert!(SigningRequest::parse_der(truncated).is_err());
+        // Flip a bit of the signed part (certificationRequestInfo). The outer signature
+        // algorithm identifier is not signed and x509-parser reads it leniently, so a flip
+        // there can leave a request that still verifies: harmless, the key still signed the
+        // same content, but not what this property is about.
+        let (start, end) = signed_range(&der);
+        let mut flipped = der.clone();
+        let at = start + flip % (end - start);
+        flipped[at] ^= 0x01;
+        // A flipped bit either breaks the structure or the signature; it never signs.
+        proptest::prop_assert!(authority().sign(&pem_encode("CERTIFICATE REQUEST", &flipped), SystemTime::now()).is_err());
+    }
+}
