@@ -257,7 +257,7 @@ impl Connection {
 
     /// (Client) opens a CONNECT stream to `address` and waits until the peer accepts it.
     pub async fn connect(&self, address: &str) -> Result<StreamHandle> {
-        let mut stream = self.open(Target::Connect {
+        let stream = self.open(Target::Connect {
             address: address.to_owned(),
         })?;
         stream.reply().await?;
@@ -501,6 +501,19 @@ impl IncomingStream {
         })
     }
 
+    /// Takes the stream without answering yet, so the request (an HTTP body) can be read
+    /// before the reply is known; answer later with [`StreamHandle::respond`] (or
+    /// [`StreamHandle::refuse`]). Dropping the handle unanswered resets the stream.
+    pub fn defer(mut self) -> StreamHandle {
+        self.answered = true;
+        let shared = self.connection.shared.clone();
+        shared.lock().streams.insert(self.id, Wakers::default());
+        StreamHandle {
+            id: self.id,
+            shared,
+        }
+    }
+
     /// Refuses the stream; the client sees `reason`.
     pub fn refuse(mut self, reason: &str) -> Result<()> {
         self.answered = true;
@@ -537,9 +550,33 @@ impl StreamHandle {
         self.id
     }
 
+    /// (Server) answers a stream taken with [`IncomingStream::defer`].
+    pub fn respond(&self, reply: Reply) -> Result<()> {
+        let mut state = self.shared.lock();
+        let result = state.session.accept(self.id, reply);
+        state.after_app_call();
+        result
+    }
+
+    /// (Server) refuses a stream taken with [`IncomingStream::defer`]; the client sees
+    /// `reason` (for HTTP, a Go client sees a 502 with it).
+    pub fn refuse(&self, reason: &str) -> Result<()> {
+        let mut state = self.shared.lock();
+        let result = state.session.refuse(self.id, reason);
+        state.after_app_call();
+        result
+    }
+
+    /// Splits the handle into a reader (which also waits for the reply) and a writer, so
+    /// each direction can run in its own task. The stream is released when both are dropped.
+    pub fn into_split(self) -> (StreamReader, StreamWriter) {
+        let handle = Arc::new(self);
+        (StreamReader(handle.clone()), StreamWriter(handle))
+    }
+
     /// (Client) waits for the peer's answer to the open: `Ok` with the reply (the response
     /// head for HTTP), `Err(Refused)` with the peer's reason. Returns at once once known.
-    pub async fn reply(&mut self) -> Result<Reply> {
+    pub async fn reply(&self) -> Result<Reply> {
         poll_fn(|cx| {
             let mut state = self.shared.lock();
             match state.replies.get_mut(&self.id) {
@@ -615,18 +652,18 @@ impl StreamHandle {
 
     /// Aborts the stream in both directions; the peer learns `reason`.
     pub fn reset(&mut self, reason: &str) {
+        self.reset_now(reason);
+    }
+
+    fn reset_now(&self, reason: &str) {
         let mut state = self.shared.lock();
         let _ = state.session.reset(self.id, reason);
         state.after_app_call();
     }
 }
 
-impl AsyncRead for StreamHandle {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+impl StreamHandle {
+    fn poll_read_bytes(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -643,14 +680,8 @@ impl AsyncRead for StreamHandle {
             Poll::Pending => Poll::Pending,
         }
     }
-}
 
-impl AsyncWrite for StreamHandle {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_bytes(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -672,15 +703,105 @@ impl AsyncWrite for StreamHandle {
         }
     }
 
+    fn finish(&self) -> io::Result<()> {
+        let mut state = self.shared.lock();
+        let result = state.session.finish(self.id);
+        state.after_app_call();
+        result.map_err(Into::into)
+    }
+}
+
+impl AsyncRead for StreamHandle {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_read_bytes(cx, buf)
+    }
+}
+
+impl AsyncWrite for StreamHandle {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_bytes(cx, data)
+    }
+
+    // Written bytes are already queued in the session; the driver sends them.
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut state = self.shared.lock();
-        let result = state.session.finish(self.id);
-        state.after_app_call();
-        Poll::Ready(result.map_err(Into::into))
+        Poll::Ready(self.finish())
+    }
+}
+
+/// The reading half of a [`StreamHandle`] (see [`StreamHandle::into_split`]).
+#[derive(Debug)]
+pub struct StreamReader(Arc<StreamHandle>);
+
+impl StreamReader {
+    /// (Client) waits for the peer's answer to the open; see [`StreamHandle::reply`].
+    pub async fn reply(&self) -> Result<Reply> {
+        self.0.reply().await
+    }
+
+    /// (Server) answers a deferred stream; see [`StreamHandle::respond`].
+    pub fn respond(&self, reply: Reply) -> Result<()> {
+        self.0.respond(reply)
+    }
+
+    /// (Server) refuses a deferred stream; see [`StreamHandle::refuse`].
+    pub fn refuse(&self, reason: &str) -> Result<()> {
+        self.0.refuse(reason)
+    }
+
+    /// Aborts the stream in both directions.
+    pub fn reset(&self, reason: &str) {
+        self.0.reset_now(reason);
+    }
+}
+
+impl AsyncRead for StreamReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.0.poll_read_bytes(cx, buf)
+    }
+}
+
+/// The writing half of a [`StreamHandle`] (see [`StreamHandle::into_split`]).
+#[derive(Debug)]
+pub struct StreamWriter(Arc<StreamHandle>);
+
+impl StreamWriter {
+    /// Aborts the stream in both directions.
+    pub fn reset(&self, reason: &str) {
+        self.0.reset_now(reason);
+    }
+}
+
+impl AsyncWrite for StreamWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_write_bytes(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.finish())
     }
 }
 

@@ -301,3 +301,54 @@ async fn a_silent_peer_is_detected_by_heartbeat() {
         .unwrap();
     assert!(reason.contains("heartbeat timeout"), "{reason}");
 }
+
+/// The server reads a streamed request body before it knows its response (a real proxy
+/// sends the body to the origin first), and the client writes the body from one task while
+/// another waits for the response: `defer` + `respond` and `into_split`, over both codecs.
+#[tokio::test]
+async fn deferred_http_answers_after_reading_the_body_with_split_handles() {
+    for codec in [CodecKind::Binary, CodecKind::Json] {
+        let (client, server) = pair(codec);
+        tokio::spawn(async move {
+            let incoming = server.accept().await.unwrap();
+            let mut s = incoming.defer();
+            let mut body = Vec::new();
+            s.read_to_end(&mut body).await.unwrap();
+            s.respond(Reply::Http {
+                status_code: 201,
+                headers: [("x-sum".to_owned(), vec![checksum(&body).to_string()])].into(),
+            })
+            .unwrap();
+            s.write_all(&body[..1000]).await.unwrap();
+            s.shutdown().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        });
+        let stream = client
+            .open(Target::Http {
+                method: "PUT".into(),
+                url: "http://x/upload".into(),
+                headers: Default::default(),
+            })
+            .unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let body: Vec<u8> = (0..(2 << 20)).map(|i| (i % 251) as u8).collect();
+        let expected = checksum(&body).to_string();
+        let upload = tokio::spawn(async move {
+            writer.write_all(&body).await.unwrap();
+            writer.shutdown().await.unwrap();
+        });
+        let Reply::Http {
+            status_code,
+            headers,
+        } = reader.reply().await.unwrap()
+        else {
+            panic!("not an HTTP reply")
+        };
+        assert_eq!(status_code, 201, "{codec:?}");
+        assert_eq!(headers["x-sum"], vec![expected], "{codec:?}");
+        let mut answer = Vec::new();
+        reader.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer.len(), 1000, "{codec:?}");
+        upload.await.unwrap();
+    }
+}

@@ -43,10 +43,22 @@ pub enum Role {
     Server,
 }
 
+/// The decoder's frame limit: `max_frame_size`, except that over JSON a Go peer puts a whole
+/// HTTP body (up to `max_legacy_body`) base64-encoded in one envelope, plus its headers.
+fn decode_limit(codec: CodecKind, config: &SessionConfig) -> usize {
+    match codec {
+        CodecKind::Binary => config.max_frame_size,
+        CodecKind::Json => config
+            .max_frame_size
+            .max(config.max_legacy_body.div_ceil(3) * 4 + 256 * 1024),
+    }
+}
+
 /// Limits and timings of a session. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// Largest frame the decoder accepts (default 1 MiB).
+    /// Largest frame the decoder accepts (default 1 MiB; over JSON at least what a body of
+    /// `max_legacy_body` needs, since Go peers send whole bodies in one envelope).
     pub max_frame_size: usize,
     /// Per-stream receive window (default 256 KiB).
     pub initial_window: u32,
@@ -192,7 +204,7 @@ impl Session {
             .max(1);
         let mut session = Session {
             role,
-            codec: codec.new_codec(config.max_frame_size),
+            codec: codec.new_codec(decode_limit(codec, &config)),
             streams: HashMap::new(),
             recently_closed: HashSet::new(),
             recently_closed_order: VecDeque::new(),
