@@ -599,7 +599,7 @@ impl StreamHandle {
     }
 
     /// Receives the next chunk (a whole message on WebSocket streams); `None` at the end.
-    pub async fn recv_chunk(&mut self) -> Result<Option<Chunk>> {
+    pub async fn recv_chunk(&self) -> Result<Option<Chunk>> {
         poll_fn(|cx| self.poll_recv_chunk(cx, usize::MAX)).await
     }
 
@@ -622,7 +622,7 @@ impl StreamHandle {
     }
 
     /// Sends one whole WebSocket message, waiting for credit if needed.
-    pub async fn send_message(&mut self, ws_type: u8, data: &[u8]) -> Result<()> {
+    pub async fn send_message(&self, ws_type: u8, data: &[u8]) -> Result<()> {
         poll_fn(|cx| {
             let mut state = self.shared.lock();
             match state.session.send_message(self.id, ws_type, data) {
@@ -643,7 +643,7 @@ impl StreamHandle {
     }
 
     /// Closes a WebSocket stream with a close code and reason.
-    pub fn close_websocket(&mut self, code: u16, reason: &str) -> Result<()> {
+    pub fn close_websocket(&self, code: u16, reason: &str) -> Result<()> {
         let mut state = self.shared.lock();
         let result = state.session.close_websocket(self.id, code, reason);
         state.after_app_call();
@@ -781,6 +781,16 @@ impl AsyncRead for StreamReader {
 pub struct StreamWriter(Arc<StreamHandle>);
 
 impl StreamWriter {
+    /// (Server) answers a deferred stream; see [`StreamHandle::respond`].
+    pub fn respond(&self, reply: Reply) -> Result<()> {
+        self.0.respond(reply)
+    }
+
+    /// (Server) refuses a deferred stream; see [`StreamHandle::refuse`].
+    pub fn refuse(&self, reason: &str) -> Result<()> {
+        self.0.refuse(reason)
+    }
+
     /// Aborts the stream in both directions.
     pub fn reset(&self, reason: &str) {
         self.0.reset_now(reason);

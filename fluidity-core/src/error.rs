@@ -128,6 +128,15 @@ pub enum Error {
     #[error("certificate issuer failed: {0}")]
     Issuer(String),
 
+    /// A configuration value is missing, malformed or inconsistent.
+    #[error("configuration error in {origin}: {reason}")]
+    Config {
+        /// Where the value came from (file and key, environment variable, flag).
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An operation did not finish within its time limit.
     #[error("{0} timed out after {1:?}")]
     Timeout(&'static str, Duration),

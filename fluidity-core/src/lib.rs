@@ -17,9 +17,11 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod config;
 pub mod driver;
 pub mod envelope;
 pub mod error;
+pub mod headers;
 pub mod issue;
 pub mod locate;
 pub mod pki;

@@ -1,0 +1,165 @@
+//! The agent's configuration: the Go version's keys (reference §7.2) plus Fluidity's.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fluidity_core::config::{ConfigKeys, duration, optional};
+use serde::Deserialize;
+
+/// Everything `fluidity-agent` can be told. Every field has a working default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AgentConfig {
+    /// Address the proxy listens on (default `127.0.0.1`; anything else needs `proxy_auth`
+    /// to be safe, and is warned about without it).
+    pub local_proxy_addr: IpAddr,
+    /// Port the proxy listens on (default 8080).
+    pub local_proxy_port: u16,
+    /// `error`, `warn`, `info` (default), `debug` or `trace`.
+    pub log_level: String,
+
+    /// The server's address as `host:port` (alternative to `server_ip` + `server_port`).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub server: Option<String>,
+    /// The server's IP (alias `server_public_ip`).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub server_ip: Option<IpAddr>,
+    /// The server's tunnel port (default 8443).
+    pub server_port: u16,
+    /// Static mode: the name to verify in the server's certificate (default: `server_ip`).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub server_name: Option<String>,
+    /// ARN mode: the server's task ARN.
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub server_arn: Option<String>,
+    /// ARN mode: this agent's IP as the server sees it (alias `agent_public_ip`; default: the
+    /// local address the route to the server uses).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub agent_ip: Option<IpAddr>,
+
+    /// Static mode: the agent's certificate chain (PEM).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub cert_file: Option<PathBuf>,
+    /// Static mode: the agent's private key (PEM).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub key_file: Option<PathBuf>,
+    /// The CA certificate the server's certificate must chain to (PEM). With `ca_dir` it
+    /// defaults to that CA's certificate.
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub ca_cert_file: Option<PathBuf>,
+    /// Where the agent's certificate and key are cached (alias `cert_cache_dir`).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub cache_dir: Option<PathBuf>,
+    /// ARN mode, self-hosted: get certificates from the local CA in this directory.
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub ca_dir: Option<PathBuf>,
+
+    /// Lifecycle endpoints of the AWS control plane (aliases `*_lambda_url`).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub wake_endpoint: Option<String>,
+    /// See `wake_endpoint`.
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub query_endpoint: Option<String>,
+    /// See `wake_endpoint`.
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub kill_endpoint: Option<String>,
+    /// The CA service (alias `ca_lambda_url`).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub ca_service_url: Option<String>,
+
+    /// `user:password`: require HTTP Basic proxy authentication (407 otherwise).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub proxy_auth: Option<String>,
+    /// `http://host:port`: reach the server through this HTTP proxy (CONNECT).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub upstream_proxy: Option<String>,
+    /// How long a new request waits for the tunnel to come (back) up (default 30 s).
+    #[serde(with = "duration")]
+    pub reconnect_wait: Duration,
+    /// Development mode: with no server given, run one in this process; certificates from a
+    /// local CA under `cache_dir`.
+    pub dev: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            local_proxy_addr: IpAddr::from([127, 0, 0, 1]),
+            local_proxy_port: 8080,
+            log_level: "info".into(),
+            server: None,
+            server_ip: None,
+            server_port: 8443,
+            server_name: None,
+            server_arn: None,
+            agent_ip: None,
+            cert_file: None,
+            key_file: None,
+            ca_cert_file: None,
+            cache_dir: None,
+            ca_dir: None,
+            wake_endpoint: None,
+            query_endpoint: None,
+            kill_endpoint: None,
+            ca_service_url: None,
+            proxy_auth: None,
+            upstream_proxy: None,
+            reconnect_wait: Duration::from_secs(30),
+            dev: false,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The server address from `server` or `server_ip` + `server_port`.
+    pub fn server_address(&self) -> Result<Option<SocketAddr>, String> {
+        if let Some(server) = &self.server {
+            let mut addresses = std::net::ToSocketAddrs::to_socket_addrs(server.as_str())
+                .map_err(|e| format!("server {server:?}: {e} (expected host:port)"))?;
+            return addresses
+                .next()
+                .map(Some)
+                .ok_or_else(|| format!("server {server:?} resolves to no address"));
+        }
+        Ok(self
+            .server_ip
+            .map(|ip| SocketAddr::new(ip, self.server_port)))
+    }
+}
+
+impl ConfigKeys for AgentConfig {
+    const KEYS: &'static [&'static str] = &[
+        "local_proxy_addr",
+        "local_proxy_port",
+        "log_level",
+        "server",
+        "server_ip",
+        "server_port",
+        "server_name",
+        "server_arn",
+        "agent_ip",
+        "cert_file",
+        "key_file",
+        "ca_cert_file",
+        "cache_dir",
+        "ca_dir",
+        "wake_endpoint",
+        "query_endpoint",
+        "kill_endpoint",
+        "ca_service_url",
+        "proxy_auth",
+        "upstream_proxy",
+        "reconnect_wait",
+        "dev",
+    ];
+    const ALIASES: &'static [(&'static str, &'static str)] = &[
+        ("server_public_ip", "server_ip"),
+        ("agent_public_ip", "agent_ip"),
+        ("cert_cache_dir", "cache_dir"),
+        ("wake_lambda_url", "wake_endpoint"),
+        ("query_lambda_url", "query_endpoint"),
+        ("kill_lambda_url", "kill_endpoint"),
+        ("ca_lambda_url", "ca_service_url"),
+    ];
+}

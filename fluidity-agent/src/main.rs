@@ -1,0 +1,119 @@
+//! `fluidity-agent`: the command line around [`fluidity_agent::run`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use fluidity_agent::AgentConfig;
+use fluidity_core::config::load;
+
+/// Fluidity's local agent: an HTTP proxy that carries everything over one mutual-TLS tunnel.
+/// Settings come from the YAML file, then FLUIDITY_<KEY> environment variables, then these
+/// flags.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// YAML configuration file (the Go version's agent.yaml works as is).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Development mode: certificates from a local CA in the cache directory; without
+    /// --server, a server runs inside this process.
+    #[arg(long)]
+    dev: bool,
+    /// The server as host:port.
+    #[arg(long)]
+    server: Option<String>,
+    /// Proxy listen address.
+    #[arg(long)]
+    local_proxy_addr: Option<String>,
+    /// Proxy listen port.
+    #[arg(long)]
+    local_proxy_port: Option<u16>,
+    /// Certificate cache (and, with --dev, CA) directory.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut flags: Vec<(&str, String)> = Vec::new();
+    if args.dev {
+        flags.push(("dev", "true".into()));
+    }
+    if let Some(v) = &args.server {
+        flags.push(("server", v.clone()));
+    }
+    if let Some(v) = &args.local_proxy_addr {
+        flags.push(("local_proxy_addr", v.clone()));
+    }
+    if let Some(v) = args.local_proxy_port {
+        flags.push(("local_proxy_port", v.to_string()));
+    }
+    if let Some(v) = &args.cache_dir {
+        flags.push(("cache_dir", v.display().to_string()));
+    }
+    if let Some(v) = &args.log_level {
+        flags.push(("log_level", v.clone()));
+    }
+    let loaded = load::<AgentConfig>(args.config.as_deref(), |k| std::env::var(k).ok(), &flags)?;
+    let config = loaded.config;
+    init_logging(&config.log_level);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let address = std::net::SocketAddr::new(config.local_proxy_addr, config.local_proxy_port);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| {
+                format!("listening on {address} (is another proxy running? set local_proxy_port)")
+            })?;
+        let bound = listener.local_addr()?;
+        let agent = fluidity_agent::Agent::start(config, bound)
+            .await
+            .context("starting the agent")?;
+        println!(
+            "Fluidity agent: HTTP proxy on http://{bound}\n  \
+             try: curl -x http://{bound} https://example.com\n  \
+             browsers: proxy {bound}, or the PAC file http://{bound}/proxy.pac"
+        );
+        agent.serve(listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,53 @@
+//! `CONNECT host:port`: open a CONNECT stream through the tunnel, answer 200 only once the
+//! server has reached the target (502 with its reason otherwise), then relay bytes. Bytes the
+//! client pipelined after the CONNECT head are kept by hyper's upgrade and relayed first.
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::{Body, Proxy, bad_gateway, empty, text};
+
+pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
+    let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) else {
+        return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port\n");
+    };
+    let Some((host, _port)) = authority.rsplit_once(':') else {
+        return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port\n");
+    };
+    let host = host.to_owned();
+    if let Err(wait) = proxy.breakers.check(&host) {
+        return bad_gateway(
+            &host,
+            &format!("failing repeatedly; retrying in {}s", wait.as_secs().max(1)),
+        );
+    }
+    let connection = match proxy.tunnel.connection().await {
+        Ok(connection) => connection,
+        Err(reason) => return bad_gateway(&host, &reason),
+    };
+    let mut stream = match connection.connect(&authority).await {
+        Ok(stream) => {
+            proxy.breakers.record(&host, true);
+            stream
+        }
+        Err(fluidity_core::Error::Refused { reason, .. }) => {
+            proxy.breakers.record(&host, false);
+            return bad_gateway(&host, &reason);
+        }
+        Err(e) => return bad_gateway(&host, &e.to_string()),
+    };
+    tokio::spawn(async move {
+        match hyper::upgrade::on(request).await {
+            Ok(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut stream).await {
+                    tracing::debug!(%authority, error = %e, "CONNECT relay ended");
+                    stream.reset(&e.to_string());
+                }
+            }
+            Err(e) => tracing::debug!(%authority, error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Response::new(empty())
+}

@@ -1,0 +1,110 @@
+//! Plain HTTP (absolute-form requests): one HTTP stream per request through the tunnel,
+//! request and response bodies streamed both ways, any size, with backpressure.
+
+use bytes::Bytes;
+use fluidity_core::envelope::Headers;
+use fluidity_core::headers::{is_hop_by_hop, strip_hop_by_hop};
+use fluidity_core::session::{Reply, Target};
+use futures::TryStreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::ReaderStream;
+
+use super::{Body, Proxy, bad_gateway};
+
+/// Read size for response bodies.
+const CHUNK: usize = 64 * 1024;
+
+pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
+    let (parts, mut body) = request.into_parts();
+    let host = parts.uri.host().unwrap_or_default().to_owned();
+    if let Err(wait) = proxy.breakers.check(&host) {
+        return bad_gateway(
+            &host,
+            &format!("failing repeatedly; retrying in {}s", wait.as_secs().max(1)),
+        );
+    }
+    let connection = match proxy.tunnel.connection().await {
+        Ok(connection) => connection,
+        Err(reason) => return bad_gateway(&host, &reason),
+    };
+    let mut headers = Headers::new();
+    for (name, value) in &parts.headers {
+        headers
+            .entry(name.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    strip_hop_by_hop(&mut headers);
+    let stream = match connection.open(Target::Http {
+        method: parts.method.to_string(),
+        url: parts.uri.to_string(),
+        headers,
+    }) {
+        Ok(stream) => stream,
+        Err(e) => return bad_gateway(&host, &e.to_string()),
+    };
+    let (reader, mut writer) = stream.into_split();
+    let upload = tokio::spawn(async move {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data()
+                        && writer.write_all(&data).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    writer.reset(&format!("the client's request body failed: {e}"));
+                    return;
+                }
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let (status_code, response_headers) = match reader.reply().await {
+        Ok(Reply::Http {
+            status_code,
+            headers,
+        }) => {
+            proxy.breakers.record(&host, true);
+            (status_code, headers)
+        }
+        Ok(other) => return bad_gateway(&host, &format!("unexpected reply {other:?}")),
+        Err(fluidity_core::Error::Refused { reason, .. }) => {
+            upload.abort();
+            proxy.breakers.record(&host, false);
+            return bad_gateway(&host, &reason);
+        }
+        Err(e) => {
+            upload.abort();
+            return bad_gateway(&host, &e.to_string());
+        }
+    };
+    let body = StreamBody::new(
+        ReaderStream::with_capacity(reader, CHUNK).map_ok(|data: Bytes| Frame::data(data)),
+    );
+    let mut response = Response::new(BodyExt::boxed(body));
+    *response.status_mut() = StatusCode::from_u16(status_code).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, values) in response_headers {
+        if is_hop_by_hop(&name) {
+            continue;
+        }
+        let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            tracing::debug!(%name, "dropping an invalid response header name");
+            continue;
+        };
+        for value in values {
+            match http::HeaderValue::from_str(&value) {
+                Ok(value) => {
+                    response.headers_mut().append(name.clone(), value);
+                }
+                Err(_) => tracing::debug!(%name, "dropping an invalid response header value"),
+            }
+        }
+    }
+    response
+}

@@ -1,0 +1,122 @@
+//! The server's configuration: the Go version's keys (reference §7.3) plus Fluidity's.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fluidity_core::config::{ConfigKeys, duration, optional};
+use serde::Deserialize;
+
+/// Everything `fluidity-server` can be told. Every field has a working default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address to listen on for tunnels (default `0.0.0.0`).
+    pub listen_addr: IpAddr,
+    /// Port to listen on for tunnels (default 8443).
+    pub listen_port: u16,
+    /// Most concurrent tunnels; the next one is refused and logged (default 100).
+    pub max_connections: usize,
+    /// `error`, `warn`, `info` (default), `debug` or `trace`.
+    pub log_level: String,
+
+    /// Static mode: the server's certificate chain (PEM).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub cert_file: Option<PathBuf>,
+    /// Static mode: the server's private key (PEM: PKCS#1, PKCS#8 or SEC1).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub key_file: Option<PathBuf>,
+    /// The CA certificate agents' certificates must chain to (PEM). In ARN mode with a local
+    /// CA (`ca_dir`) it defaults to that CA's certificate.
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub ca_cert_file: Option<PathBuf>,
+    /// Where the server's lazy certificate and key are cached (alias `cert_cache_dir`).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub cache_dir: Option<PathBuf>,
+    /// ARN mode, self-hosted: sign the server's certificates with the local CA in this
+    /// directory (created if missing).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub ca_dir: Option<PathBuf>,
+    /// ARN mode on AWS: the CA service URL (alias `ca_lambda_url`); served by the control-plane
+    /// issue, not yet by this binary.
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub ca_service_url: Option<String>,
+    /// The server's task ARN (else `SERVER_ARN` or ECS metadata).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub server_arn: Option<String>,
+    /// The IP agents dial (alias `server_public_ip`; else `SERVER_PUBLIC_IP`).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub server_ip: Option<IpAddr>,
+
+    /// Address of the health and metrics endpoint (`GET /health`, `GET /metrics`); off when
+    /// unset.
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub health_addr: Option<std::net::SocketAddr>,
+    /// CIDRs the server never connects to. Unset: loopback, link-local and the cloud metadata
+    /// addresses. `[]` allows everything.
+    pub egress_deny: Option<Vec<String>>,
+    /// How long to wait for in-flight streams on SIGTERM/SIGINT (default 10 s).
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Deadline of each TLS handshake, certificate signing included (default 10 s).
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Deadline for connecting to a target (default 10 s).
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Development mode: a local CA under `cache_dir`, a fixed development ARN, 127.0.0.1.
+    pub dev: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen_addr: IpAddr::from([0, 0, 0, 0]),
+            listen_port: 8443,
+            max_connections: 100,
+            log_level: "info".into(),
+            cert_file: None,
+            key_file: None,
+            ca_cert_file: None,
+            cache_dir: None,
+            ca_dir: None,
+            ca_service_url: None,
+            server_arn: None,
+            server_ip: None,
+            health_addr: None,
+            egress_deny: None,
+            shutdown_grace: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            dev: false,
+        }
+    }
+}
+
+impl ConfigKeys for ServerConfig {
+    const KEYS: &'static [&'static str] = &[
+        "listen_addr",
+        "listen_port",
+        "max_connections",
+        "log_level",
+        "cert_file",
+        "key_file",
+        "ca_cert_file",
+        "cache_dir",
+        "ca_dir",
+        "ca_service_url",
+        "server_arn",
+        "server_ip",
+        "health_addr",
+        "egress_deny",
+        "shutdown_grace",
+        "handshake_timeout",
+        "connect_timeout",
+        "dev",
+    ];
+    const ALIASES: &'static [(&'static str, &'static str)] = &[
+        ("cert_cache_dir", "cache_dir"),
+        ("ca_lambda_url", "ca_service_url"),
+        ("server_public_ip", "server_ip"),
+    ];
+}

@@ -1,0 +1,69 @@
+//! Where streams leave the tunnel: each incoming stream is served by the exit for its kind.
+
+pub mod connect;
+pub mod http;
+pub mod websocket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fluidity_core::driver::IncomingStream;
+use fluidity_core::session::Target;
+
+use crate::egress::EgressPolicy;
+use crate::metrics::Metrics;
+
+/// What the exits share.
+#[derive(Debug)]
+pub struct Exits {
+    /// Which targets are allowed.
+    pub egress: EgressPolicy,
+    /// Deadline for reaching a target.
+    pub connect_timeout: Duration,
+    /// The HTTP client for `http_request` streams.
+    pub http: reqwest::Client,
+    /// TLS for `wss://` targets of Go `ws_open` streams.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Exits {
+    /// Serves one incoming stream to its end.
+    pub async fn serve(self: Arc<Self>, incoming: IncomingStream) {
+        match incoming.target().clone() {
+            Target::Connect { address } => connect::serve(&self, incoming, &address).await,
+            Target::Http {
+                method,
+                url,
+                headers,
+            } => http::serve(&self, incoming, method, url, headers).await,
+            Target::WebSocket { url, headers } => {
+                websocket::serve(&self, incoming, url, headers).await
+            }
+        }
+    }
+}
+
+/// Connects to the first reachable of `addresses` within `timeout`.
+pub(crate) async fn dial(
+    addresses: &[std::net::SocketAddr],
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, String> {
+    let attempt = async {
+        let mut last = String::from("no address");
+        for address in addresses {
+            match tokio::net::TcpStream::connect(address).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(e) => last = format!("connecting to {address}: {e}"),
+            }
+        }
+        Err(last)
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("connecting timed out after {timeout:?}")))
+}

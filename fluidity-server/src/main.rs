@@ -1,0 +1,125 @@
+//! `fluidity-server`: the command line around [`fluidity_server::run`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use fluidity_core::config::load;
+use fluidity_server::ServerConfig;
+
+/// Fluidity's tunnel server: accepts mutual-TLS tunnels from agents and makes the real
+/// requests. Settings come from the YAML file, then FLUIDITY_<KEY> environment variables,
+/// then these flags.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// YAML configuration file (the Go version's server.yaml works as is).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Development mode: a local CA and certificates under the cache directory, listening on
+    /// 127.0.0.1:8443 unless told otherwise.
+    #[arg(long)]
+    dev: bool,
+    /// Address to listen on.
+    #[arg(long)]
+    listen_addr: Option<String>,
+    /// Port to listen on.
+    #[arg(long)]
+    listen_port: Option<u16>,
+    /// Health and metrics endpoint, e.g. 127.0.0.1:9090.
+    #[arg(long)]
+    health_addr: Option<String>,
+    /// Certificate cache (and, with --dev, CA) directory.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut flags: Vec<(&str, String)> = Vec::new();
+    if args.dev {
+        flags.push(("dev", "true".into()));
+    }
+    if let Some(v) = &args.listen_addr {
+        flags.push(("listen_addr", v.clone()));
+    }
+    if let Some(v) = args.listen_port {
+        flags.push(("listen_port", v.to_string()));
+    }
+    if let Some(v) = &args.health_addr {
+        flags.push(("health_addr", v.clone()));
+    }
+    if let Some(v) = &args.cache_dir {
+        flags.push(("cache_dir", v.display().to_string()));
+    }
+    if let Some(v) = &args.log_level {
+        flags.push(("log_level", v.clone()));
+    }
+    let loaded = load::<ServerConfig>(args.config.as_deref(), |k| std::env::var(k).ok(), &flags)?;
+    let mut config = loaded.config;
+    init_logging(&config.log_level);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    if config.dev
+        && config.listen_addr == ServerConfig::default().listen_addr
+        && args.listen_addr.is_none()
+    {
+        config.listen_addr = [127, 0, 0, 1].into();
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let address = std::net::SocketAddr::new(config.listen_addr, config.listen_port);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening on {address}"))?;
+        let server = fluidity_server::Server::new(config).context("starting the server")?;
+        if server.config().dev {
+            let dir = server.config().cache_dir.clone().unwrap_or_default();
+            println!(
+                "fluidity-server (development) listening on {}; CA and certificates in {}\n\
+                 connect an agent with: fluidity-agent --dev --server {}",
+                listener.local_addr()?,
+                dir.display(),
+                listener.local_addr()?
+            );
+        }
+        server.serve(listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
