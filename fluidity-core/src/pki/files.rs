@@ -44,6 +44,34 @@ pub(crate) fn write_public(path: &Path, contents: &[u8]) -> Result<()> {
     write_atomic(path, contents, false)
 }
 
+/// A temporary name beside `path`, unique within this process and across processes.
+fn temporary_path(path: &Path, file_name: &std::ffi::OsStr) -> std::path::PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = std::ffi::OsString::from(".");
+    name.push(file_name);
+    name.push(format!(".{}.{n}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Creates `path` with `contents` only if it does not exist yet (atomically: a temporary
+/// file hard-linked into place). Returns `false` when another writer got there first.
+pub(crate) fn create_exclusive(path: &Path, contents: &[u8], private: bool) -> Result<bool> {
+    let context = || format!("creating {}", path.display());
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::io(context(), std::io::Error::other("not a file path")))?;
+    let temporary = temporary_path(path, file_name);
+    write_atomic(&temporary, contents, private)?;
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io(context(), e)),
+    }
+}
+
 /// Writes a temporary file beside `path` and renames it over `path`, so readers never see a
 /// half-written file; a private file is created 0600, never widened afterwards.
 fn write_atomic(path: &Path, contents: &[u8], private: bool) -> Result<()> {
@@ -51,11 +79,7 @@ fn write_atomic(path: &Path, contents: &[u8], private: bool) -> Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::io(context(), std::io::Error::other("not a file path")))?;
-    let mut temporary_name = std::ffi::OsString::from(".");
-    temporary_name.push(file_name);
-    temporary_name.push(format!(".{}.tmp", std::process::id()));
-    let temporary = path.with_file_name(temporary_name);
-
+    let temporary = temporary_path(path, file_name);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]

@@ -32,45 +32,78 @@ impl LocalCa {
     pub fn open_or_create(directory: &Path, options: SigningOptions) -> Result<Self> {
         let cert_path = directory.join(CA_CERT_FILE);
         let key_path = directory.join(CA_KEY_FILE);
-        let cert = files::read_if_exists(&cert_path)?;
-        let key = files::read_if_exists(&key_path)?;
-        let authority = match (cert, key) {
-            (Some(cert), Some(key)) => {
-                let cert = String::from_utf8_lossy(&cert);
-                let key = String::from_utf8_lossy(&key);
-                CertificateAuthority::from_pem(&cert, &key, options)
-                    .map_err(|e| Error::certificate(format!("CA in {}", directory.display()), e))?
-            }
-            (None, None) => {
-                files::ensure_private_dir(directory)?;
-                let (authority, key_pem) = CertificateAuthority::generate(
-                    "Fluidity Local CA",
-                    CA_VALIDITY,
-                    KeyAlgorithm::EcdsaP256,
-                    options,
-                )?;
-                files::write_private(&key_path, key_pem.as_bytes())?;
-                files::write_public(&cert_path, authority.certificate_pem().as_bytes())?;
-                tracing::info!(directory = %directory.display(), "created a new local CA");
-                authority
-            }
-            (Some(_), None) => {
-                return Err(Error::certificate(
-                    key_path.display().to_string(),
-                    "is missing while the CA certificate exists",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(Error::certificate(
-                    cert_path.display().to_string(),
-                    "is missing while the CA key exists",
-                ));
+        // Another process (or task) may be creating the CA right now: a lone file is given a
+        // moment to get its partner before it counts as broken.
+        let mut attempts = 0;
+        let authority = loop {
+            let cert = files::read_if_exists(&cert_path)?;
+            let key = files::read_if_exists(&key_path)?;
+            match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    let cert = String::from_utf8_lossy(&cert);
+                    let key = String::from_utf8_lossy(&key);
+                    break CertificateAuthority::from_pem(&cert, &key, options).map_err(|e| {
+                        Error::certificate(format!("CA in {}", directory.display()), e)
+                    })?;
+                }
+                (None, None) => {
+                    if let Some(created) = Self::create(directory, &cert_path, &key_path, &options)?
+                    {
+                        break created;
+                    }
+                    // Someone else created it first: load theirs.
+                }
+                _ if attempts < 50 => {
+                    attempts += 1;
+                    // Startup only, and only while a concurrent creator finishes (≤ 1 s).
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                (Some(_), None) => {
+                    return Err(Error::certificate(
+                        key_path.display().to_string(),
+                        "is missing while the CA certificate exists",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(Error::certificate(
+                        cert_path.display().to_string(),
+                        "is missing while the CA key exists",
+                    ));
+                }
             }
         };
         Ok(LocalCa {
             authority,
             directory: Some(directory.to_owned()),
         })
+    }
+
+    /// Creates a new CA unless another creator wins the race (then `None`). The certificate is
+    /// claimed first (an exclusive link), so exactly one CA ever exists in a directory.
+    fn create(
+        directory: &Path,
+        cert_path: &Path,
+        key_path: &Path,
+        options: &SigningOptions,
+    ) -> Result<Option<CertificateAuthority>> {
+        files::ensure_private_dir(directory)?;
+        let (authority, key_pem) = CertificateAuthority::generate(
+            "Fluidity Local CA",
+            CA_VALIDITY,
+            KeyAlgorithm::EcdsaP256,
+            options.clone(),
+        )?;
+        if !files::create_exclusive(cert_path, authority.certificate_pem().as_bytes(), false)? {
+            return Ok(None);
+        }
+        if !files::create_exclusive(key_path, key_pem.as_bytes(), true)? {
+            return Err(Error::certificate(
+                key_path.display().to_string(),
+                "appeared while this process was creating the CA",
+            ));
+        }
+        tracing::info!(directory = %directory.display(), "created a new local CA");
+        Ok(Some(authority))
     }
 
     /// A CA that lives only in memory (tests, embedders).

@@ -1,0 +1,441 @@
+//! The tunnel end to end, in-process: curl and real clients through the agent's proxy, a
+//! Fluidity server over mutual TLS, and origins on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{FNV_START, Tunnel, checksum, curl, http_origin, https_origin, pattern};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_get_through_the_proxy() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start().await;
+    let (ok, body, err) =
+        curl(&["-x", &tunnel.proxy_url(), &format!("http://{origin}/hello")]).await;
+    assert!(ok, "{err}");
+    assert_eq!(body, b"hello from origin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_post_of_20_mib_arrives_intact() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start().await;
+    let body: Vec<u8> = (0..20u64 << 20).map(|i| (i * 7 % 256) as u8).collect();
+    let file = tunnel.dir.path().join("upload.bin");
+    std::fs::write(&file, &body).unwrap();
+    let (ok, answer, err) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "--data-binary",
+        &format!("@{}", file.display()),
+        "-H",
+        "Content-Type: application/octet-stream",
+        &format!("http://{origin}/checksum"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let expected = format!("{} {:016x}", body.len(), checksum(&body, FNV_START));
+    assert_eq!(String::from_utf8(answer).unwrap(), expected);
+
+    // Chunked upload of unknown length too.
+    let (ok, answer, err) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("http://{origin}/checksum"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(String::from_utf8(answer).unwrap(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_download_streams_intact() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start().await;
+    let size: u64 = 256 << 20;
+    let client = tunnel.client();
+    let mut response = client
+        .get(format!("http://{origin}/bytes/{size}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut offset = 0u64;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        for (i, byte) in chunk.iter().enumerate() {
+            assert_eq!(
+                *byte,
+                pattern(offset + i as u64),
+                "byte {}",
+                offset + i as u64
+            );
+        }
+        offset += chunk.len() as u64;
+    }
+    assert_eq!(offset, size);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_a_local_https_origin() {
+    let tunnel = Tunnel::start().await;
+    let (origin, ca) = https_origin(tunnel.dir.path()).await;
+    let (ok, body, err) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "--cacert",
+        &ca.display().to_string(),
+        &format!("https://{origin}/hello"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(body, b"hello from origin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_requests() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start().await;
+    let client = tunnel.client();
+    let mut tasks = Vec::new();
+    for i in 0..100u64 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let size = 1000 + i * 997;
+            let body = client
+                .get(format!("http://{origin}/bytes/{size}"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(body.len() as u64, size);
+            assert!(
+                body.iter()
+                    .enumerate()
+                    .all(|(j, b)| *b == pattern(j as u64))
+            );
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_cookies_204_and_head_are_preserved() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start().await;
+    let (ok, head, err) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("http://{origin}/cookies"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.contains("set-cookie: a=1; path=/"), "{head}");
+    assert!(head.contains("set-cookie: b=2; path=/"), "{head}");
+    assert!(head.contains("x-origin: yes"), "{head}");
+
+    let (ok, status, err) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{origin}/empty"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(status, b"204");
+
+    let (ok, head, err) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "-I",
+        &format!("http://{origin}/hello"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-length: 17"),
+        "HEAD keeps the GET length: {head}"
+    );
+
+    // End-to-end request headers arrive; hop-by-hop and proxy headers do not.
+    let (ok, body, err) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "-H",
+        "X-Custom: kept",
+        "-H",
+        "Proxy-Authorization: Basic c2VjcmV0",
+        "-H",
+        "Connection: X-Private",
+        "-H",
+        "X-Private: dropped",
+        &format!("http://{origin}/echo-headers"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.contains("x-custom: kept"), "{body}");
+    assert!(!body.contains("proxy-authorization"), "{body}");
+    assert!(!body.contains("x-private"), "{body}");
+    assert!(body.contains(&format!("host: {origin}")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_target_is_a_fast_502_with_the_reason() {
+    let tunnel = Tunnel::start().await;
+    // A port nobody listens on.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    // Warm the tunnel up so the measurement is about the target.
+    let origin = http_origin().await;
+    curl(&["-x", &tunnel.proxy_url(), &format!("http://{origin}/hello")]).await;
+
+    let started = Instant::now();
+    let (_, body, _) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{closed}/"),
+    ])
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.ends_with("502"), "{body}");
+    assert!(body.to_ascii_lowercase().contains("refused"), "{body}");
+
+    let started = Instant::now();
+    let (ok, _, err) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "-p",
+        &format!("http://{closed}/"),
+    ])
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(!ok);
+    assert!(err.contains("502"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_egress_policy_refuses_loopback_with_a_clear_error() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start_with(|server| server.egress_deny = None, |_| {}).await;
+    let (_, body, _) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{origin}/hello"),
+    ])
+    .await;
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.ends_with("502"), "{body}");
+    assert!(body.contains("denied by the server's policy"), "{body}");
+    let (ok, _, err) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "-p",
+        &format!("http://{origin}/hello"),
+    ])
+    .await;
+    assert!(!ok && err.contains("502"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_authentication_and_the_pac_file() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start_with(
+        |_| {},
+        |agent| agent.proxy_auth = Some("alice:s3cret".into()),
+    )
+    .await;
+    let url = format!("http://{origin}/hello");
+    let (_, status, _) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ])
+    .await;
+    assert_eq!(status, b"407");
+    let (_, status, _) = curl(&[
+        "-x",
+        &tunnel.proxy_url(),
+        "-U",
+        "alice:wrong",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ])
+    .await;
+    assert_eq!(status, b"407");
+    let (ok, body, err) = curl(&["-x", &tunnel.proxy_url(), "-U", "alice:s3cret", &url]).await;
+    assert!(ok, "{err}");
+    assert_eq!(body, b"hello from origin");
+    let (ok, _, err) = curl(&["-x", &tunnel.proxy_url(), "-p", &url]).await;
+    assert!(!ok && err.contains("407"), "CONNECT needs it too: {err}");
+
+    let (ok, pac, err) = curl(&[&format!("{}/proxy.pac", tunnel.proxy_url())]).await;
+    assert!(ok, "{err}");
+    let pac = String::from_utf8(pac).unwrap();
+    assert!(pac.contains("FindProxyForURL"), "{pac}");
+    assert!(pac.contains(&format!("PROXY {}", tunnel.proxy)), "{pac}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_pipelined_after_the_connect_head_are_not_lost() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start().await;
+    let mut client = TcpStream::connect(tunnel.proxy).await.unwrap();
+    // CONNECT head and the tunnelled request in one write.
+    let request = format!(
+        "CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\nGET /hello HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n"
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello from origin"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reconnects_after_a_server_restart() {
+    let origin = http_origin().await;
+    let mut tunnel = Tunnel::start().await;
+    let url = format!("http://{origin}/hello");
+    let (ok, _, err) = curl(&["-x", &tunnel.proxy_url(), &url]).await;
+    assert!(ok, "{err}");
+    tunnel.stop_server().await;
+    // While it is down, a request waits and then fails clearly... (reconnect_wait is 10 s in
+    // the fixture; restart well before that.)
+    let proxy = tunnel.proxy_url();
+    let request = tokio::spawn({
+        let url = url.clone();
+        async move { curl(&["-x", &proxy, &url]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tunnel.restart_server().await;
+    let (ok, body, err) = request.await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(body, b"hello from origin");
+    let (ok, body, err) = curl(&["-x", &tunnel.proxy_url(), &url]).await;
+    assert!(ok, "{err}");
+    assert_eq!(body, b"hello from origin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_connect_reader_does_not_slow_another_download() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start().await;
+    // Stream A: a CONNECT whose client never reads, fed by a large download.
+    let mut stalled = TcpStream::connect(tunnel.proxy).await.unwrap();
+    stalled
+        .write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut stalled).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stalled
+        .write_all(
+            format!(
+                "GET /bytes/{} HTTP/1.1\r\nHost: {origin}\r\n\r\n",
+                1u64 << 30
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Stream B: 64 MiB must still arrive promptly.
+    let client = tunnel.client();
+    let started = Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(30), async {
+        client
+            .get(format!("http://{origin}/bytes/{}", 64u64 << 20))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    })
+    .await
+    .expect("the download was held up by the stalled stream");
+    assert_eq!(body.len() as u64, 64 << 20);
+    println!("64 MiB beside a stalled stream in {:?}", started.elapsed());
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_to_the_server_do_not_disturb_other_tunnels() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start().await;
+    let url = format!("http://{origin}/hello");
+    let (ok, _, err) = curl(&["-x", &tunnel.proxy_url(), &url]).await;
+    assert!(ok, "{err}");
+    // Garbage, a truncated ClientHello and a silent connection.
+    let mut junk = Vec::new();
+    for seed in 0..20u8 {
+        let mut stream = TcpStream::connect(tunnel.server).await.unwrap();
+        let bytes: Vec<u8> = (0..4096u32)
+            .map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed))
+            .collect();
+        let _ = stream.write_all(&bytes).await;
+        junk.push(stream);
+    }
+    let mut hello = TcpStream::connect(tunnel.server).await.unwrap();
+    let _ = hello.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await;
+    junk.push(hello);
+    for _ in 0..5 {
+        let (ok, body, err) = curl(&["-x", &tunnel.proxy_url(), &url]).await;
+        assert!(ok, "{err}");
+        assert_eq!(body, b"hello from origin");
+    }
+}
+
+/// Reads an HTTP response head (up to the blank line) byte by byte.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    String::from_utf8(head).unwrap()
+}
