@@ -194,10 +194,8 @@ pub async fn websocket_origin() -> SocketAddr {
                 while let Some(Ok(message)) = ws.next().await {
                     use tokio_tungstenite::tungstenite::Message;
                     match message {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(message).await.is_err() {
-                                return;
-                            }
+                        Message::Text(_) | Message::Binary(_) if ws.send(message).await.is_err() => {
+                            return;
                         }
                         Message::Close(frame) => {
                             let _ = ws.close(frame).await;
