@@ -193,15 +193,16 @@ pub async fn websocket_origin() -> SocketAddr {
                 };
                 while let Some(Ok(message)) = ws.next().await {
                     use tokio_tungstenite::tungstenite::Message;
-                    match message {
-                        Message::Text(_) | Message::Binary(_) if ws.send(message).await.is_err() => {
-                            return;
-                        }
+                    let echo = match message {
+                        Message::Text(_) | Message::Binary(_) => message,
                         Message::Close(frame) => {
                             let _ = ws.close(frame).await;
                             return;
                         }
-                        _ => {}
+                        _ => continue,
+                    };
+                    if ws.send(echo).await.is_err() {
+                        return;
                     }
                 }
             });
