@@ -25,6 +25,7 @@ pub mod headers;
 pub mod issue;
 pub mod locate;
 pub mod pki;
+pub mod relay;
 pub mod session;
 pub mod tls;
 pub mod transport;

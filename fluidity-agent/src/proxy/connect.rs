@@ -2,6 +2,7 @@
 //! server has reached the target (502 with its reason otherwise), then relay bytes. Bytes the
 //! client pipelined after the CONNECT head are kept by hyper's upgrade and relayed first.
 
+use fluidity_core::relay::relay;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -26,7 +27,7 @@ pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Respons
         Ok(connection) => connection,
         Err(reason) => return bad_gateway(&host, &reason),
     };
-    let mut stream = match connection.connect(&authority).await {
+    let stream = match connection.connect(&authority).await {
         Ok(stream) => {
             proxy.breakers.record(&host, true);
             stream
@@ -40,11 +41,9 @@ pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Respons
     tokio::spawn(async move {
         match hyper::upgrade::on(request).await {
             Ok(upgraded) => {
-                let mut client = TokioIo::new(upgraded);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut stream).await {
-                    tracing::debug!(%authority, error = %e, "CONNECT relay ended");
-                    stream.reset(&e.to_string());
-                }
+                let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+                let moved = relay(stream, reader, writer).await;
+                tracing::debug!(%authority, up = moved.to_tunnel, down = moved.from_tunnel, "CONNECT closed");
             }
             Err(e) => tracing::debug!(%authority, error = %e, "CONNECT upgrade failed"),
         }

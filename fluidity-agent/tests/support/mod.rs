@@ -195,10 +195,8 @@ pub async fn websocket_origin() -> SocketAddr {
                     use tokio_tungstenite::tungstenite::Message;
                     let echo = match message {
                         Message::Text(_) | Message::Binary(_) => message,
-                        Message::Close(frame) => {
-                            let _ = ws.close(frame).await;
-                            return;
-                        }
+                        // tungstenite answers pings and closes itself (echoing the close
+                        // code) on the next read; keep reading until the stream ends.
                         _ => continue,
                     };
                     if ws.send(echo).await.is_err() {

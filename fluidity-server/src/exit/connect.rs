@@ -2,6 +2,7 @@
 //! with flow control and half-close.
 
 use fluidity_core::driver::IncomingStream;
+use fluidity_core::relay::relay;
 use fluidity_core::session::Reply;
 
 use super::{Exits, dial};
@@ -23,7 +24,7 @@ pub async fn serve(exits: &Exits, incoming: IncomingStream, address: &str) {
             .await
             .inspect_err(|_| exits.metrics.failed(Failure::TargetUnreachable))
     };
-    let mut target = match target.await {
+    let target = match target.await {
         Ok(target) => target,
         Err(reason) => {
             tracing::info!(%id, address, %reason, "CONNECT refused");
@@ -31,7 +32,7 @@ pub async fn serve(exits: &Exits, incoming: IncomingStream, address: &str) {
             return;
         }
     };
-    let mut stream = match incoming.accept(Reply::Connect) {
+    let stream = match incoming.accept(Reply::Connect) {
         Ok(stream) => stream,
         Err(e) => {
             tracing::debug!(%id, error = %e, "CONNECT stream gone before the answer");
@@ -39,14 +40,8 @@ pub async fn serve(exits: &Exits, incoming: IncomingStream, address: &str) {
         }
     };
     tracing::debug!(%id, address, "CONNECT open");
-    match tokio::io::copy_bidirectional(&mut stream, &mut target).await {
-        Ok((to_target, from_target)) => {
-            exits.metrics.add_bytes(to_target, from_target);
-            tracing::debug!(%id, to_target, from_target, "CONNECT closed");
-        }
-        Err(e) => {
-            tracing::debug!(%id, error = %e, "CONNECT ended with an error");
-            stream.reset(&e.to_string());
-        }
-    }
+    let (reader, writer) = target.into_split();
+    let moved = relay(stream, reader, writer).await;
+    exits.metrics.add_bytes(moved.from_tunnel, moved.to_tunnel);
+    tracing::debug!(%id, to_target = moved.from_tunnel, from_target = moved.to_tunnel, "CONNECT closed");
 }

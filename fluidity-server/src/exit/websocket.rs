@@ -108,11 +108,16 @@ async fn open(exits: &Exits, url: &str, headers: &Headers) -> Result<Socket, Str
     Ok(socket)
 }
 
+/// How long to wait for the target's answer to a close the agent started.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn relay(exits: &Exits, stream: StreamHandle, socket: Socket) {
     let (mut sink, mut source) = socket.split();
+    // Set once the agent closed: then only the target's close answer is awaited.
+    let mut closing: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            chunk = stream.recv_chunk() => {
+            chunk = stream.recv_chunk(), if closing.is_none() => {
                 let message = match chunk {
                     Ok(Some(chunk)) => match chunk.ws_type {
                         ws_type::TEXT => match String::from_utf8(chunk.data.to_vec()) {
@@ -126,12 +131,20 @@ async fn relay(exits: &Exits, stream: StreamHandle, socket: Socket) {
                     },
                     Ok(None) | Err(_) => Message::Close(None),
                 };
-                let closing = matches!(message, Message::Close(_));
+                let close = matches!(message, Message::Close(_));
                 exits.metrics.add_bytes(message.len() as u64, 0);
-                if sink.send(message).await.is_err() || closing {
-                    let _ = sink.close().await;
+                if sink.send(message).await.is_err() {
+                    let _ = stream.close_websocket(1011, "the target connection failed");
                     return;
                 }
+                if close {
+                    // Relay the target's answer (the close handshake) before finishing.
+                    closing = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+                }
+            }
+            _ = tokio::time::sleep_until(closing.unwrap_or_else(tokio::time::Instant::now)), if closing.is_some() => {
+                let _ = stream.close_websocket(1000, "");
+                return;
             }
             message = source.next() => {
                 let (kind, data) = match message {
@@ -144,6 +157,8 @@ async fn relay(exits: &Exits, stream: StreamHandle, socket: Socket) {
                             .map(|f| (u16::from(f.code), f.reason.to_string()))
                             .unwrap_or((1000, String::new()));
                         let _ = stream.close_websocket(code, &reason);
+                        // Answer the target's close (tungstenite does it on the next poll).
+                        let _ = sink.close().await;
                         return;
                     }
                     Some(Ok(Message::Frame(_))) => continue,
@@ -156,6 +171,9 @@ async fn relay(exits: &Exits, stream: StreamHandle, socket: Socket) {
                         return;
                     }
                 };
+                if closing.is_some() {
+                    continue;
+                }
                 exits.metrics.add_bytes(0, data.len() as u64);
                 if stream.send_message(kind, &data).await.is_err() {
                     return;

@@ -1,0 +1,86 @@
+//! Relaying a tunnel stream to a byte stream (a CONNECT target, a proxy client), each
+//! direction on its own so that one side's end or error does not cut the other short.
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::driver::StreamHandle;
+
+/// Buffer per direction.
+const BUFFER: usize = 64 * 1024;
+
+/// Bytes moved by [`relay`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relayed {
+    /// From the tunnel stream to the local side.
+    pub from_tunnel: u64,
+    /// From the local side into the tunnel stream.
+    pub to_tunnel: u64,
+}
+
+/// Copies `stream` ⇄ (`reader`, `writer`) until both directions end.
+///
+/// - The end of one direction is passed on as a half-close (`shutdown`), the other direction
+///   keeps going: a target that answers after its client finished sending still gets through.
+/// - A failing local read resets the tunnel stream (the peer must not take a truncated
+///   stream for a complete one); a failing local write only stops that direction.
+pub async fn relay<R, W>(stream: StreamHandle, reader: R, mut writer: W) -> Relayed
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (stream_reader, mut stream_writer) = stream.into_split();
+    let into_local = async {
+        let mut source = BufReader::with_capacity(BUFFER, stream_reader);
+        let moved = copy(&mut source, &mut writer).await;
+        let _ = writer.shutdown().await;
+        moved.unwrap_or_else(|(n, _)| n)
+    };
+    let into_tunnel = async {
+        let mut source = BufReader::with_capacity(BUFFER, reader);
+        match copy(&mut source, &mut stream_writer).await {
+            Ok(n) => {
+                let _ = stream_writer.shutdown().await;
+                n
+            }
+            Err((n, e)) => {
+                stream_writer.reset(&e.to_string());
+                n
+            }
+        }
+    };
+    let (from_tunnel, to_tunnel) = tokio::join!(into_local, into_tunnel);
+    Relayed {
+        from_tunnel,
+        to_tunnel,
+    }
+}
+
+/// `copy_buf` that reports how much moved even when it fails.
+async fn copy<R, W>(reader: &mut R, writer: &mut W) -> Result<u64, (u64, std::io::Error)>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut moved = 0u64;
+    loop {
+        let chunk = match reader.fill_buf().await {
+            Ok(chunk) => chunk,
+            Err(e) => return Err((moved, e)),
+        };
+        if chunk.is_empty() {
+            let _ = writer.flush().await;
+            return Ok(moved);
+        }
+        let n = chunk.len();
+        if let Err(e) = writer.write_all(chunk).await {
+            return Err((moved, e));
+        }
+        reader.consume(n);
+        moved += n as u64;
+        // Each chunk is what one read returned: pass it on now (interactive traffic must not
+        // wait; for sockets and tunnel streams flushing costs nothing).
+        if let Err(e) = writer.flush().await {
+            return Err((moved, e));
+        }
+    }
+}
