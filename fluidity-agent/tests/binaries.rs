@@ -1,0 +1,208 @@
+//! The built binaries as a user runs them: `fluidity-agent --dev` alone, and
+//! `fluidity-server --dev` + `fluidity-agent --dev --server` as two processes sharing the CA
+//! directory, with a 1 GiB download under a memory bound.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::{http_origin, pattern_slice};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+fn agent_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fluidity-agent"))
+}
+
+/// The server binary sits beside the agent's (cargo builds it for fluidity-server's tests).
+fn server_binary() -> PathBuf {
+    let path = agent_binary().with_file_name("fluidity-server");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_for_port(port: u16, child: &mut Child) {
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr).await;
+            }
+            panic!("process exited with {status}: {stderr}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "port {port} never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Peak resident memory of a process, KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+async fn get_through(proxy_port: u16, url: &str) -> (bool, Vec<u8>, String) {
+    support::curl(&["-x", &format!("http://127.0.0.1:{proxy_port}"), url]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_dev_mode_is_a_working_proxy_in_one_command() {
+    let origin = http_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = Command::new(agent_binary())
+        .args([
+            "--dev",
+            "--local-proxy-port",
+            &port.to_string(),
+            "--cache-dir",
+        ])
+        .arg(dir.path())
+        // Let the embedded server reach this test's loopback origin.
+        .env("FLUIDITY_EGRESS_DENY", "[]")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut agent).await;
+    let (ok, body, err) = get_through(port, &format!("http://{origin}/hello")).await;
+    assert!(ok, "{err}");
+    assert_eq!(body, b"hello from origin");
+    // The local CA was made in the cache directory, its key private.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("ca/ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let mut stdout = String::new();
+    agent.kill().await.unwrap();
+    agent
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .await
+        .unwrap();
+    assert!(
+        stdout.contains(&format!("curl -x http://127.0.0.1:{port}")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_stream_a_gibibyte_in_bounded_memory() {
+    let origin = http_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server_port = free_port();
+    let proxy_port = free_port();
+    let mut server = Command::new(server_binary())
+        .args([
+            "--dev",
+            "--listen-port",
+            &server_port.to_string(),
+            "--cache-dir",
+        ])
+        .arg(dir.path())
+        .env("FLUIDITY_EGRESS_DENY", "[]")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(server_port, &mut server).await;
+    // A Go-style agent.yaml (flat keys, empty values for what is unused).
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server_ip: \"127.0.0.1\"\nserver_port: {server_port}\nlocal_proxy_port: {proxy_port}\n\
+             cert_cache_dir: \"{}\"\nca_cert_file: \"\"\nwake_endpoint: \"\"\nquery_endpoint: \"\"\n\
+             kill_endpoint: \"\"\nca_service_url: \"\"\nlog_level: \"info\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Command::new(agent_binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("--dev")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(proxy_port, &mut agent).await;
+
+    let size: u64 = 1 << 30;
+    let started = Instant::now();
+    let mut curl = Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "-x",
+            &format!("http://127.0.0.1:{proxy_port}"),
+        ])
+        .arg(format!("http://{origin}/bytes/{size}"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut body = curl.stdout.take().unwrap();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = body.read(&mut buffer).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            buffer[..n] == *pattern_slice(offset, n),
+            "corrupt bytes near offset {offset}"
+        );
+        offset += n as u64;
+    }
+    assert!(curl.wait().await.unwrap().success());
+    assert_eq!(offset, size);
+    let took = started.elapsed();
+    let server_peak = peak_rss_kib(server.id().unwrap());
+    let agent_peak = peak_rss_kib(agent.id().unwrap());
+    println!(
+        "1 GiB in {took:?} ({:.0} MiB/s); peak RSS server {} MiB, agent {} MiB",
+        1024.0 / took.as_secs_f64(),
+        server_peak / 1024,
+        agent_peak / 1024
+    );
+    assert!(server_peak < 64 * 1024, "server peak RSS {server_peak} KiB");
+    assert!(agent_peak < 64 * 1024, "agent peak RSS {agent_peak} KiB");
+}
