@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const ARN: &str = "arn:aws:ecs:local:000000000000:task/fluidity-bench/0123456789abcdef";
 
@@ -40,7 +40,7 @@ fn rss_kib() -> u64 {
 
 /// An origin that sends `size` bytes to every connection, then closes.
 async fn blast_origin(size: u64) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = fluidity_core::transport::listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let chunk = vec![0x5au8; 256 * 1024];
@@ -66,7 +66,7 @@ async fn blast_origin(size: u64) -> SocketAddr {
 
 /// An origin that accepts and holds connections open (idle tunnels).
 async fn idle_origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = fluidity_core::transport::listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -82,7 +82,7 @@ async fn idle_origin() -> SocketAddr {
 
 /// An HTTP origin answering every request with 1 KiB.
 async fn http_origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = fluidity_core::transport::listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let address = listener.local_addr().unwrap();
     let body = Bytes::from(vec![b'x'; 1024]);
     tokio::spawn(async move {
@@ -116,10 +116,15 @@ async fn tunnel(dir: &std::path::Path) -> SocketAddr {
         ..Default::default()
     };
     // Create the CA before either side opens it.
-    fluidity_core::pki::local_ca::LocalCa::open_or_create(&dir.join("ca"), Default::default()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    fluidity_core::pki::local_ca::LocalCa::open_or_create(&dir.join("ca"), Default::default())
+        .unwrap();
+    let listener = fluidity_core::transport::listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let server = listener.local_addr().unwrap();
-    tokio::spawn(fluidity_server::run(server_config, listener, std::future::pending()));
+    tokio::spawn(fluidity_server::run(
+        server_config,
+        listener,
+        std::future::pending(),
+    ));
     let agent_config = fluidity_agent::AgentConfig {
         server: Some(server.to_string()),
         server_arn: Some(ARN.into()),
@@ -127,9 +132,13 @@ async fn tunnel(dir: &std::path::Path) -> SocketAddr {
         ca_dir: Some(dir.join("ca")),
         ..Default::default()
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = fluidity_core::transport::listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let proxy = listener.local_addr().unwrap();
-    tokio::spawn(fluidity_agent::run(agent_config, listener, std::future::pending()));
+    tokio::spawn(fluidity_agent::run(
+        agent_config,
+        listener,
+        std::future::pending(),
+    ));
     proxy
 }
 
@@ -145,7 +154,11 @@ async fn connect_via(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
     while !head.ends_with(b"\r\n\r\n") {
         head.push(stream.read_u8().await.unwrap());
     }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     stream
 }
 
@@ -201,7 +214,9 @@ async fn requests(proxy: SocketAddr, duration: Duration, connections: usize) {
         let mut tasks = Vec::new();
         for _ in 0..connections {
             tasks.push(tokio::spawn(async move {
-                let stream = TcpStream::connect(if via_proxy { proxy } else { origin }).await.unwrap();
+                let stream = TcpStream::connect(if via_proxy { proxy } else { origin })
+                    .await
+                    .unwrap();
                 let _ = stream.set_nodelay(true);
                 let (mut sender, connection) =
                     hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
@@ -233,7 +248,8 @@ async fn requests(proxy: SocketAddr, duration: Duration, connections: usize) {
             latencies.extend(task.await.unwrap());
         }
         latencies.sort();
-        let percentile = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+        let percentile =
+            |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
         println!(
             "| 1 KiB GET, {connections} keep-alive connections, {label} | {:.0} req/s | p50 {:?} | p99 {:?} |",
             latencies.len() as f64 / duration.as_secs_f64(),
@@ -246,20 +262,74 @@ async fn requests(proxy: SocketAddr, duration: Duration, connections: usize) {
 async fn idle_tunnels(proxy: SocketAddr, count: usize) {
     let origin = idle_origin().await;
     // Warm up allocator pools and the tunnel with a few streams first.
-    let warm: Vec<TcpStream> = futures::future::join_all((0..16).map(|_| connect_via(proxy, origin))).await;
+    let warm: Vec<TcpStream> =
+        futures::future::join_all((0..16).map(|_| connect_via(proxy, origin))).await;
     drop(warm);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // One at a time first: the latency of opening a tunnel.
+    let started = Instant::now();
+    for _ in 0..100 {
+        drop(connect_via(proxy, origin).await);
+    }
+    println!(
+        "| open one CONNECT tunnel (sequential, mean of 100) | {:?} | | |",
+        started.elapsed() / 100
+    );
+    // Baseline: the same number of direct connections (clients and origin only).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib();
+    let direct: Vec<TcpStream> =
+        futures::future::join_all((0..count).map(|_| TcpStream::connect(origin)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let direct_cost = rss_kib().saturating_sub(before);
+    drop(direct);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Opened 20 at a time: the steady-state cost, without a burst's transient buffers
+    // (hyper's per-connection buffers before the upgrade) that malloc keeps afterwards.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib();
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count / 20 {
+        streams
+            .extend(futures::future::join_all((0..20).map(|_| connect_via(proxy, origin))).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cost = rss_kib().saturating_sub(before);
+    println!(
+        "| {count} idle CONNECT tunnels, opened 20 at a time (first) | | RSS +{cost} KiB | {:.1} KiB per tunnel for agent + server |",
+        cost.saturating_sub(direct_cost) as f64 / count as f64
+    );
+    drop(streams);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_kib();
     let started = Instant::now();
-    let streams: Vec<TcpStream> =
-        futures::future::join_all((0..count).map(|_| connect_via(proxy, origin))).await;
+    let opened: Vec<(TcpStream, Duration)> =
+        futures::future::join_all((0..count).map(|_| async move {
+            let stream = connect_via(proxy, origin).await;
+            (stream, started.elapsed())
+        }))
+        .await;
     let took = started.elapsed();
+    let mut latencies: Vec<Duration> = opened.iter().map(|(_, d)| *d).collect();
+    latencies.sort();
+    println!(
+        "| 1000 concurrent opens: completion times | p50 {:?} | p90 {:?} | max {:?} |",
+        latencies[count / 2],
+        latencies[count * 9 / 10],
+        latencies[count - 1]
+    );
+    let streams: Vec<TcpStream> = opened.into_iter().map(|(s, _)| s).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib();
+    let tunnel_cost = after.saturating_sub(before);
     println!(
-        "| {count} idle CONNECT tunnels | opened in {took:?} | RSS +{} KiB | {:.1} KiB per tunnel (whole process: clients, agent, server, origin) |",
-        after.saturating_sub(before),
-        after.saturating_sub(before) as f64 / count as f64
+        "| {count} idle CONNECT tunnels, all at once (after) | opened in {took:?} | RSS +{tunnel_cost} KiB (direct connections: +{direct_cost} KiB) | {:.1} KiB per tunnel for agent + server ({:.1} KiB with clients and origin) |",
+        tunnel_cost.saturating_sub(direct_cost) as f64 / count as f64,
+        tunnel_cost as f64 / count as f64
     );
     drop(streams);
 }
@@ -283,8 +353,22 @@ fn main() {
         } else {
             (2u64 << 30, Duration::from_secs(5))
         };
-        throughput(proxy, size).await;
-        requests(proxy, duration, 16).await;
-        idle_tunnels(proxy, 1000).await;
+        // Optional filters: `-- throughput`, `-- requests`, `-- idle`.
+        let wanted = |name: &str| {
+            let filters: Vec<String> = std::env::args()
+                .skip(1)
+                .filter(|a| !a.starts_with("--"))
+                .collect();
+            filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+        };
+        if wanted("throughput") {
+            throughput(proxy, size).await;
+        }
+        if wanted("requests") {
+            requests(proxy, duration, 16).await;
+        }
+        if wanted("idle") {
+            idle_tunnels(proxy, 1000).await;
+        }
     });
 }

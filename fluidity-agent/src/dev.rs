@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use fluidity_core::config::load;
 use fluidity_server::credentials::{DEV_ARN, default_dev_dir};
 use fluidity_server::{Server, ServerConfig};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::{AgentConfig, Error};
@@ -39,7 +38,8 @@ pub async fn prepare(config: &mut AgentConfig) -> Result<Option<EmbeddedServer>,
     if config.server.is_some() || config.server_ip.is_some() {
         return Ok(None);
     }
-    let listener = TcpListener::bind((IpAddr::from([127, 0, 0, 1]), 0)).await?;
+    let listener =
+        fluidity_core::transport::listen(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 0))?;
     let address = listener.local_addr()?;
     let flags = [
         ("dev", "true".to_owned()),

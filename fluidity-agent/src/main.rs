@@ -67,11 +67,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         let address = std::net::SocketAddr::new(config.local_proxy_addr, config.local_proxy_port);
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| {
-                format!("listening on {address} (is another proxy running? set local_proxy_port)")
-            })?;
+        let listener = fluidity_core::transport::listen(address).with_context(|| {
+            format!("listening on {address} (is another proxy running? set local_proxy_port)")
+        })?;
         let bound = listener.local_addr()?;
         let agent = fluidity_agent::Agent::start(config, bound)
             .await

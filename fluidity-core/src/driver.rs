@@ -341,20 +341,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = self.get_mut();
         let shared = this.shared.clone();
-        let mut state = shared.lock();
-        if !state
-            .driver
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
         {
-            state.driver = Some(cx.waker().clone());
+            let mut state = shared.lock();
+            if !state
+                .driver
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.driver = Some(cx.waker().clone());
+            }
         }
+        // The session lock is held only to move bytes and events in and out of the session,
+        // never across socket I/O: with TLS, reading and writing include decryption and
+        // encryption, and stream tasks must not wait for those.
         for _ in 0..MAX_ROUNDS {
             let mut progress = false;
 
             // Output first: it frees buffer space for writers and returns credit to the peer.
             loop {
                 if this.pending_write.is_none() {
+                    let mut state = shared.lock();
                     this.pending_write = state.session.poll_transmit();
                     state.dispatch_events();
                 }
@@ -365,7 +371,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                     Poll::Ready(Ok(0)) => {
                         let err =
                             Error::io("writing to the tunnel", io::ErrorKind::WriteZero.into());
-                        this.close_with(&mut state, &err);
+                        this.close_with(&mut shared.lock(), &err);
                         return Poll::Ready(Err(err));
                     }
                     Poll::Ready(Ok(n)) => {
@@ -378,7 +384,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                     }
                     Poll::Ready(Err(e)) => {
                         let err = Error::io("writing to the tunnel", e);
-                        this.close_with(&mut state, &err);
+                        this.close_with(&mut shared.lock(), &err);
                         return Poll::Ready(Err(err));
                     }
                     Poll::Pending => break,
@@ -389,38 +395,44 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                     Poll::Ready(Ok(())) => this.needs_flush = false,
                     Poll::Ready(Err(e)) => {
                         let err = Error::io("flushing the tunnel", e);
-                        this.close_with(&mut state, &err);
+                        this.close_with(&mut shared.lock(), &err);
                         return Poll::Ready(Err(err));
                     }
                     Poll::Pending => {}
                 }
             }
 
-            if state.session.closed_reason().is_some() {
-                if this.pending_write.is_some() || this.needs_flush {
-                    return Poll::Pending;
+            let input_paused = {
+                let mut state = shared.lock();
+                if state.session.closed_reason().is_some() {
+                    drop(state);
+                    if this.pending_write.is_some() || this.needs_flush {
+                        return Poll::Pending;
+                    }
+                    return match Pin::new(&mut this.io).poll_shutdown(cx) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(_) => Poll::Ready(this.failure.take().map_or(Ok(()), Err)),
+                    };
                 }
-                return match Pin::new(&mut this.io).poll_shutdown(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(_) => Poll::Ready(this.failure.take().map_or(Ok(()), Err)),
-                };
-            }
-
-            // Input, unless the session asks us to hold off (backpressure to the socket).
-            state.input_paused = !state.session.wants_input();
-            if !state.input_paused {
+                // Input, unless the session asks us to hold off (backpressure to the socket).
+                state.input_paused = !state.session.wants_input();
+                state.input_paused
+            };
+            if !input_paused {
                 if this.read_buf.capacity() - this.read_buf.len() < READ_CHUNK / 4 {
                     this.read_buf.reserve(READ_CHUNK);
                 }
                 match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.read_buf)
                 {
                     Poll::Ready(Ok(0)) => {
+                        let mut state = shared.lock();
                         state.session.receive_eof();
                         state.dispatch_events();
                         return Poll::Ready(Ok(()));
                     }
                     Poll::Ready(Ok(_)) => {
                         let now = tokio::time::Instant::now().into_std();
+                        let mut state = shared.lock();
                         let result = state.session.receive(&mut this.read_buf, now);
                         state.dispatch_events();
                         if let Err(err) = result {
@@ -431,7 +443,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                     }
                     Poll::Ready(Err(e)) => {
                         let err = Error::io("reading from the tunnel", e);
-                        this.close_with(&mut state, &err);
+                        this.close_with(&mut shared.lock(), &err);
                         return Poll::Ready(Err(err));
                     }
                     Poll::Pending => {}
@@ -439,9 +451,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
             }
 
             // Timers.
-            if let Some(deadline) = state.session.poll_timeout() {
+            let deadline = shared.lock().session.poll_timeout();
+            if let Some(deadline) = deadline {
                 let deadline = tokio::time::Instant::from_std(deadline);
                 if deadline <= tokio::time::Instant::now() {
+                    let mut state = shared.lock();
                     state
                         .session
                         .handle_timeout(tokio::time::Instant::now().into_std());
@@ -745,6 +759,11 @@ impl AsyncWrite for StreamHandle {
 pub struct StreamReader(Arc<StreamHandle>);
 
 impl StreamReader {
+    /// Receives the next chunk without copying; see [`StreamHandle::recv_chunk`].
+    pub async fn recv_chunk(&self) -> Result<Option<Chunk>> {
+        self.0.recv_chunk().await
+    }
+
     /// (Client) waits for the peer's answer to the open; see [`StreamHandle::reply`].
     pub async fn reply(&self) -> Result<Reply> {
         self.0.reply().await

@@ -1,9 +1,14 @@
 //! Relaying a tunnel stream to a byte stream (a CONNECT target, a proxy client), each
 //! direction on its own so that one side's end or error does not cut the other short.
 
+use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 use crate::driver::StreamHandle;
+
+/// Most bytes read from a socket at once.
+const SOCKET_READ: usize = 64 * 1024;
 
 /// Buffer per direction.
 const BUFFER: usize = 64 * 1024;
@@ -45,6 +50,72 @@ where
             Err((n, e)) => {
                 stream_writer.reset(&e.to_string());
                 n
+            }
+        }
+    };
+    let (from_tunnel, to_tunnel) = tokio::join!(into_local, into_tunnel);
+    Relayed {
+        from_tunnel,
+        to_tunnel,
+    }
+}
+
+/// [`relay`] specialised for a TCP socket, the common case (CONNECT on both ends), built so
+/// that an idle relay holds no buffers: tunnel data is written to the socket straight from
+/// the session's receive buffer, and a read buffer exists only while the socket has data.
+/// `already_read` is data the caller read from the socket before (e.g. bytes a proxy client
+/// pipelined after its CONNECT head); it goes into the tunnel first.
+pub async fn relay_tcp(stream: StreamHandle, socket: TcpStream, already_read: Bytes) -> Relayed {
+    let (stream_reader, mut stream_writer) = stream.into_split();
+    let (socket_reader, mut socket_writer) = socket.into_split();
+    let into_local = async {
+        let mut moved = 0u64;
+        while let Ok(Some(chunk)) = stream_reader.recv_chunk().await {
+            if socket_writer.write_all(&chunk.data).await.is_err() {
+                break;
+            }
+            moved += chunk.data.len() as u64;
+        }
+        let _ = socket_writer.shutdown().await;
+        moved
+    };
+    let into_tunnel = async {
+        let mut moved = 0u64;
+        if !already_read.is_empty() {
+            if stream_writer.write_all(&already_read).await.is_err() {
+                return moved;
+            }
+            moved += already_read.len() as u64;
+        }
+        // It may be a slice of a larger buffer (hyper's read buffer): do not keep that alive.
+        drop(already_read);
+        let mut buffer: Vec<u8> = Vec::new();
+        loop {
+            if let Err(e) = socket_reader.readable().await {
+                stream_writer.reset(&e.to_string());
+                return moved;
+            }
+            if buffer.capacity() == 0 {
+                buffer.reserve_exact(SOCKET_READ);
+            }
+            match socket_reader.try_read_buf(&mut buffer) {
+                Ok(0) => {
+                    let _ = stream_writer.shutdown().await;
+                    return moved;
+                }
+                Ok(n) => {
+                    if stream_writer.write_all(&buffer).await.is_err() {
+                        return moved;
+                    }
+                    moved += n as u64;
+                    buffer.clear();
+                }
+                // Drained: give the buffer back while the socket is quiet.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => buffer = Vec::new(),
+                Err(e) => {
+                    stream_writer.reset(&e.to_string());
+                    return moved;
+                }
             }
         }
     };

@@ -54,6 +54,24 @@ pub trait Transport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Established<Self::Stream>>> + Send;
 }
 
+/// Listen backlog for [`listen`]: bursts of connections (a browser opening dozens, a
+/// thousand agents reconnecting) must queue, not be dropped. (`TcpListener::bind` uses 128;
+/// the kernel caps this at `net.core.somaxconn`.)
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener with address reuse and a large backlog (see [`LISTEN_BACKLOG`]).
+pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Plain TCP with a fixed codec. **No encryption or authentication**: tests, benchmarks and
 /// trusted loopback only.
 #[derive(Debug)]

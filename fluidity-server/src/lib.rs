@@ -134,6 +134,8 @@ impl Server {
                             continue;
                         }
                     };
+                    // Small control frames (acks, credit) must not wait for Nagle.
+                    let _ = tcp.set_nodelay(true);
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         tracing::warn!(%peer, limit = self.config.max_connections, "refusing tunnel: max_connections reached");
                         self.metrics.failed(Failure::ConnectionLimit);
@@ -219,7 +221,7 @@ async fn tunnel(
     let draining = loop {
         tokio::select! {
             incoming = connection.accept() => match incoming {
-                Some(incoming) => { tokio::spawn(exits.clone().serve(incoming)); }
+                Some(incoming) => exits.spawn(incoming),
                 None => break false,
             },
             _ = drain.wait_for(|draining| *draining) => break true,

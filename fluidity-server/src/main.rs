@@ -73,8 +73,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         let address = std::net::SocketAddr::new(config.listen_addr, config.listen_port);
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
+        let listener = fluidity_core::transport::listen(address)
             .with_context(|| format!("listening on {address}"))?;
         let server = fluidity_server::Server::new(config).context("starting the server")?;
         if server.config().dev {

@@ -2,7 +2,7 @@
 //! server has reached the target (502 with its reason otherwise), then relay bytes. Bytes the
 //! client pipelined after the CONNECT head are kept by hyper's upgrade and relayed first.
 
-use fluidity_core::relay::relay;
+use fluidity_core::relay::{relay, relay_tcp};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -41,8 +41,15 @@ pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Respons
     tokio::spawn(async move {
         match hyper::upgrade::on(request).await {
             Ok(upgraded) => {
-                let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
-                let moved = relay(stream, reader, writer).await;
+                // Back to the plain socket (plus what hyper had buffered), so the relay holds
+                // no buffers while idle.
+                let moved = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                    Ok(parts) => relay_tcp(stream, parts.io.into_inner(), parts.read_buf).await,
+                    Err(upgraded) => {
+                        let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+                        relay(stream, reader, writer).await
+                    }
+                };
                 tracing::debug!(%authority, up = moved.to_tunnel, down = moved.from_tunnel, "CONNECT closed");
             }
             Err(e) => tracing::debug!(%authority, error = %e, "CONNECT upgrade failed"),

@@ -2,7 +2,7 @@
 //! with flow control and half-close.
 
 use fluidity_core::driver::IncomingStream;
-use fluidity_core::relay::relay;
+use fluidity_core::relay::relay_tcp;
 use fluidity_core::session::Reply;
 
 use super::{Exits, dial};
@@ -40,8 +40,7 @@ pub async fn serve(exits: &Exits, incoming: IncomingStream, address: &str) {
         }
     };
     tracing::debug!(%id, address, "CONNECT open");
-    let (reader, writer) = target.into_split();
-    let moved = relay(stream, reader, writer).await;
+    let moved = relay_tcp(stream, target, bytes::Bytes::new()).await;
     exits.metrics.add_bytes(moved.from_tunnel, moved.to_tunnel);
     tracing::debug!(%id, to_target = moved.from_tunnel, from_target = moved.to_tunnel, "CONNECT closed");
 }

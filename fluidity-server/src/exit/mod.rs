@@ -29,17 +29,25 @@ pub struct Exits {
 }
 
 impl Exits {
-    /// Serves one incoming stream to its end.
-    pub async fn serve(self: Arc<Self>, incoming: IncomingStream) {
+    /// Serves one incoming stream in its own task. Each kind gets a task of its own size (an
+    /// idle CONNECT must not carry the HTTP client's much larger state).
+    pub fn spawn(self: &Arc<Self>, incoming: IncomingStream) {
+        let exits = self.clone();
         match incoming.target().clone() {
-            Target::Connect { address } => connect::serve(&self, incoming, &address).await,
+            Target::Connect { address } => {
+                tokio::spawn(async move { connect::serve(&exits, incoming, &address).await });
+            }
             Target::Http {
                 method,
                 url,
                 headers,
-            } => http::serve(&self, incoming, method, url, headers).await,
+            } => {
+                tokio::spawn(
+                    async move { http::serve(&exits, incoming, method, url, headers).await },
+                );
+            }
             Target::WebSocket { url, headers } => {
-                websocket::serve(&self, incoming, url, headers).await
+                tokio::spawn(async move { websocket::serve(&exits, incoming, url, headers).await });
             }
         }
     }
