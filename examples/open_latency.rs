@@ -13,8 +13,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     tokio::spawn(async move {
-        let (socket, _) = listener.accept().await.expect("accept");
-        socket.set_nodelay(true).expect("nodelay");
+        let (socket, _) = listener.accept().await?;
+        socket.set_nodelay(true)?;
         let server = Connection::spawn(
             socket,
             Session::new(
@@ -25,12 +25,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ),
         );
         while let Some(incoming) = server.accept().await {
-            let stream = incoming.accept(Reply::Connect).expect("accept stream");
+            let stream = incoming.accept(Reply::Connect)?;
             tokio::spawn(async move {
                 tokio::time::sleep(std::time::Duration::from_secs(60)).await;
                 drop(stream);
             });
         }
+        Ok::<(), anyhow::Error>(())
     });
     let socket = TcpStream::connect(address).await?;
     socket.set_nodelay(true)?;
