@@ -435,3 +435,38 @@ async fn read_head(stream: &mut TcpStream) -> String {
     }
     String::from_utf8(head).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_tunnels_beyond_max_connections() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start_with(|server| server.max_connections = 1, |_| {}).await;
+    // The agent's tunnel takes the only slot.
+    let (ok, _, err) = curl(&["-x", &tunnel.proxy_url(), &format!("http://{origin}/hello")]).await;
+    assert!(ok, "{err}");
+    // A second agent is turned away cleanly: its handshake fails, the first keeps working.
+    let mut second = support::agent_config(tunnel.dir.path(), tunnel.server);
+    second.cache_dir = Some(tunnel.dir.path().join("second-agent"));
+    second.reconnect_wait = Duration::from_millis(1500);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second_proxy = listener.local_addr().unwrap();
+    tokio::spawn(fluidity_agent::run(
+        second,
+        listener,
+        std::future::pending(),
+    ));
+    let (_, body, _) = curl(&[
+        "-x",
+        &format!("http://{second_proxy}"),
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{origin}/hello"),
+    ])
+    .await;
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.ends_with("502"), "{body}");
+    assert!(body.contains("did not come back"), "{body}");
+    let (ok, body, err) =
+        curl(&["-x", &tunnel.proxy_url(), &format!("http://{origin}/hello")]).await;
+    assert!(ok, "{err}");
+    assert_eq!(body, b"hello from origin");
+}
