@@ -28,7 +28,7 @@ use std::sync::Arc;
 use fluidity_core::locate::{ServerInfo, StaticLocator};
 use fluidity_core::pki::agent_certs::{AgentCertConfig, AgentCertManager};
 use fluidity_core::pki::local_ca::LocalCa;
-use fluidity_core::pki::{SigningOptions, TlsIdentity, root_store};
+use fluidity_core::pki::{SigningOptions, TlsIdentity, root_store, root_store_file};
 use tokio::net::TcpListener;
 
 pub use config::AgentConfig;
@@ -146,10 +146,6 @@ pub async fn run(
     agent.serve(listener, shutdown).await
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))
-}
-
 fn credentials(config: &AgentConfig) -> Result<Credentials, Error> {
     match (&config.cert_file, &config.key_file) {
         (Some(cert), Some(key)) => {
@@ -158,7 +154,7 @@ fn credentials(config: &AgentConfig) -> Result<Credentials, Error> {
             })?;
             Ok(Credentials::Static {
                 identity: TlsIdentity::from_files(cert, key)?,
-                roots: root_store(&ca.display().to_string(), &read(ca)?)?,
+                roots: root_store_file(ca)?,
                 server_name: config.server_name.clone(),
             })
         }
@@ -178,7 +174,7 @@ fn credentials(config: &AgentConfig) -> Result<Credentials, Error> {
             }
             let ca = Arc::new(LocalCa::open_or_create(ca_dir, SigningOptions::default())?);
             let roots = match &config.ca_cert_file {
-                Some(file) => root_store(&file.display().to_string(), &read(file)?)?,
+                Some(file) => root_store_file(file)?,
                 None => root_store("local CA", ca.certificate_pem().as_bytes())?,
             };
             let certificates = Arc::new(AgentCertManager::new(

@@ -79,32 +79,12 @@ fn main() -> anyhow::Result<()> {
              try: curl -x http://{bound} https://example.com\n  \
              browsers: proxy {bound}, or the PAC file http://{bound}/proxy.pac"
         );
-        agent.serve(listener, shutdown_signal()).await?;
+        agent
+            .serve(listener, fluidity_core::shutdown::signal())
+            .await?;
         tracing::info!("stopped");
         Ok(())
     })
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }
 
 fn init_logging(level: &str) {

@@ -170,19 +170,21 @@ async fn the_agent_reaches_the_server_through_an_upstream_proxy() {
     assert!(log.contains(&format!("CONNECT {}", tunnel.server)), "{log}");
 }
 
-/// A Go agent's session, envelope lines exactly as the Go encoder writes them, over mutual TLS
-/// without ALPN: the server answers in kind.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_go_format_json_session_against_the_server() {
-    let origin = http_origin().await;
-    let tunnel = Tunnel::start().await;
+type GoLines = tokio::io::Lines<BufReader<tokio::io::ReadHalf<tokio_rustls::TlsStream<TcpStream>>>>;
+type GoWriter = tokio::io::WriteHalf<tokio_rustls::TlsStream<TcpStream>>;
+
+/// A client that talks to the server like a Go agent: a CA-issued certificate for the
+/// server's ARN (with a key like Go's when RSA), mutual TLS without ALPN, JSON lines.
+async fn go_style_client(
+    tunnel: &Tunnel,
+    algorithm: fluidity_core::pki::KeyAlgorithm,
+) -> (GoLines, GoWriter) {
     let ca = fluidity_core::pki::local_ca::LocalCa::open_or_create(
         &tunnel.dir.path().join("ca"),
         fluidity_core::pki::SigningOptions::default(),
     )
     .unwrap();
-    let key =
-        fluidity_core::pki::keys::generate(fluidity_core::pki::KeyAlgorithm::Rsa2048).unwrap();
+    let key = fluidity_core::pki::keys::generate(algorithm).unwrap();
     let csr = fluidity_core::pki::csr::build(&key, ARN, &["127.0.0.1".parse().unwrap()]).unwrap();
     let issued = ca
         .authority()
@@ -199,9 +201,18 @@ async fn a_go_format_json_session_against_the_server() {
         .without_alpn();
     let established = connector.connect(tunnel.server).await.unwrap();
     assert_eq!(established.codec, fluidity_core::codec::CodecKind::Json);
-    let (read, mut write) = tokio::io::split(established.stream);
-    let mut lines = BufReader::new(read).lines();
+    let (read, write) = tokio::io::split(established.stream);
+    (BufReader::new(read).lines(), write)
+}
 
+/// A Go agent's session, envelope lines exactly as the Go encoder writes them, over mutual TLS
+/// without ALPN: the server answers in kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_format_json_session_against_the_server() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start().await;
+    let (mut lines, mut write) =
+        go_style_client(&tunnel, fluidity_core::pki::KeyAlgorithm::Rsa2048).await;
     let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
     write.write_all(b"{\"type\":\"iam_auth_request\",\"payload\":{\"id\":\"0123456789abcdef0123456789abcdef\",\"timestamp\":\"2025-12-10T12:34:56.123456789+02:00\",\"service\":\"tunnel\",\"region\":\"us-east-1\",\"access_key_id\":\"AKIDEXAMPLE\",\"signature\":\"AWS4-HMAC-SHA256 Credential=x\",\"signed_headers\":\"\"}}\n").await.unwrap();
     let line = lines.next_line().await.unwrap().unwrap();
@@ -287,30 +298,8 @@ async fn a_go_format_json_session_against_the_server() {
 async fn go_ws_open_is_served_by_the_server() {
     let origin = websocket_origin().await;
     let tunnel = Tunnel::start().await;
-    let ca = fluidity_core::pki::local_ca::LocalCa::open_or_create(
-        &tunnel.dir.path().join("ca"),
-        fluidity_core::pki::SigningOptions::default(),
-    )
-    .unwrap();
-    let key =
-        fluidity_core::pki::keys::generate(fluidity_core::pki::KeyAlgorithm::EcdsaP256).unwrap();
-    let csr = fluidity_core::pki::csr::build(&key, ARN, &["127.0.0.1".parse().unwrap()]).unwrap();
-    let issued = ca
-        .authority()
-        .sign(&csr, std::time::SystemTime::now())
-        .unwrap();
-    let identity = fluidity_core::pki::TlsIdentity::from_pem(
-        format!("{}{}", issued.certificate_pem, issued.chain_pem.concat()).as_bytes(),
-        key.serialize_pem().as_bytes(),
-    )
-    .unwrap();
-    let roots = fluidity_core::pki::root_store("CA", ca.certificate_pem().as_bytes()).unwrap();
-    let connector = fluidity_core::tls::TlsConnector::arn(&identity, roots, ARN)
-        .unwrap()
-        .without_alpn();
-    let established = connector.connect(tunnel.server).await.unwrap();
-    let (read, mut write) = tokio::io::split(established.stream);
-    let mut lines = BufReader::new(read).lines();
+    let (mut lines, mut write) =
+        go_style_client(&tunnel, fluidity_core::pki::KeyAlgorithm::EcdsaP256).await;
     write.write_all(b"{\"type\":\"iam_auth_request\",\"payload\":{\"id\":\"0123456789abcdef0123456789abcdef\",\"timestamp\":\"2025-12-10T12:34:56Z\",\"service\":\"tunnel\",\"region\":\"us-east-1\",\"access_key_id\":\"AKIDEXAMPLE\",\"signature\":\"x\",\"signed_headers\":\"\"}}\n").await.unwrap();
     next(&mut lines).await;
     write

@@ -27,6 +27,7 @@ pub mod locate;
 pub mod pki;
 pub mod relay;
 pub mod session;
+pub mod shutdown;
 pub mod tls;
 pub mod transport;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fluidity_core::pki::local_ca::LocalCa;
 use fluidity_core::pki::server_certs::{ServerCertConfig, ServerCertManager};
-use fluidity_core::pki::{SigningOptions, TlsIdentity, root_store};
+use fluidity_core::pki::{SigningOptions, TlsIdentity, root_store, root_store_file};
 use fluidity_core::tls::TlsAcceptor;
 
 use crate::{Error, ServerConfig};
@@ -41,7 +41,7 @@ pub fn acceptor(config: &ServerConfig) -> Result<TlsAcceptor, Error> {
                 Error::Config("static mode (cert_file, key_file) also needs ca_cert_file".into())
             })?;
             let identity = TlsIdentity::from_files(cert, key)?;
-            let roots = root_store(&ca.display().to_string(), &read(ca)?)?;
+            let roots = root_store_file(ca)?;
             tracing::info!(cert = %cert.display(), "static certificate mode");
             TlsAcceptor::static_identity(&identity, roots)?
         }
@@ -86,7 +86,7 @@ fn arn_acceptor(config: &ServerConfig) -> Result<TlsAcceptor, Error> {
     };
     let ca = Arc::new(LocalCa::open_or_create(ca_dir, SigningOptions::default())?);
     let roots = match &config.ca_cert_file {
-        Some(file) => root_store(&file.display().to_string(), &read(file)?)?,
+        Some(file) => root_store_file(file)?,
         None => root_store("local CA", ca.certificate_pem().as_bytes())?,
     };
     let mut cert_config = ServerCertConfig::new(server_arn.clone(), server_ip);
@@ -94,8 +94,4 @@ fn arn_acceptor(config: &ServerConfig) -> Result<TlsAcceptor, Error> {
     let manager = Arc::new(ServerCertManager::new(cert_config, ca)?);
     tracing::info!(%server_arn, %server_ip, ca_dir = %ca_dir.display(), "ARN certificate mode");
     Ok(TlsAcceptor::arn(manager, roots)?)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))
 }

@@ -86,32 +86,12 @@ fn main() -> anyhow::Result<()> {
                 listener.local_addr()?
             );
         }
-        server.serve(listener, shutdown_signal()).await?;
+        server
+            .serve(listener, fluidity_core::shutdown::signal())
+            .await?;
         tracing::info!("stopped");
         Ok(())
     })
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }
 
 fn init_logging(level: &str) {

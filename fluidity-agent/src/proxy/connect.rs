@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::{Body, Proxy, bad_gateway, empty, text};
+use super::{Body, Proxy, empty, open_connect, text};
 
 pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
     let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) else {
@@ -16,27 +16,9 @@ pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Respons
     let Some((host, _port)) = authority.rsplit_once(':') else {
         return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port\n");
     };
-    let host = host.to_owned();
-    if let Err(wait) = proxy.breakers.check(&host) {
-        return bad_gateway(
-            &host,
-            &format!("failing repeatedly; retrying in {}s", wait.as_secs().max(1)),
-        );
-    }
-    let connection = match proxy.tunnel.connection().await {
-        Ok(connection) => connection,
-        Err(reason) => return bad_gateway(&host, &reason),
-    };
-    let stream = match connection.connect(&authority).await {
-        Ok(stream) => {
-            proxy.breakers.record(&host, true);
-            stream
-        }
-        Err(fluidity_core::Error::Refused { reason, .. }) => {
-            proxy.breakers.record(&host, false);
-            return bad_gateway(&host, &reason);
-        }
-        Err(e) => return bad_gateway(&host, &e.to_string()),
+    let stream = match open_connect(proxy, host, &authority).await {
+        Ok(stream) => stream,
+        Err(response) => return response,
     };
     tokio::spawn(async move {
         match hyper::upgrade::on(request).await {

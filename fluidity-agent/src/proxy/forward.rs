@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
-use super::{Body, Proxy, bad_gateway};
+use super::{Body, Proxy, bad_gateway, tunnel_for};
 
 /// Read size for response bodies.
 const CHUNK: usize = 64 * 1024;
@@ -20,15 +20,9 @@ const CHUNK: usize = 64 * 1024;
 pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
     let (parts, mut body) = request.into_parts();
     let host = parts.uri.host().unwrap_or_default().to_owned();
-    if let Err(wait) = proxy.breakers.check(&host) {
-        return bad_gateway(
-            &host,
-            &format!("failing repeatedly; retrying in {}s", wait.as_secs().max(1)),
-        );
-    }
-    let connection = match proxy.tunnel.connection().await {
+    let connection = match tunnel_for(proxy, &host).await {
         Ok(connection) => connection,
-        Err(reason) => return bad_gateway(&host, &reason),
+        Err(response) => return response,
     };
     let mut headers = Headers::new();
     for (name, value) in &parts.headers {

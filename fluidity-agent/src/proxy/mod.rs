@@ -20,6 +20,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use fluidity_core::driver::{Connection, StreamHandle};
+
 use crate::breaker::Breakers;
 use crate::tunnel::Tunnel;
 
@@ -130,6 +132,43 @@ fn local(proxy: &Proxy, request: &Request<Incoming>) -> Response<Body> {
             StatusCode::BAD_REQUEST,
             "this is the Fluidity proxy: configure it as your HTTP proxy, or fetch /proxy.pac\n",
         ),
+    }
+}
+
+/// The tunnel for a request to `host`, or the 502 to answer instead (the host keeps failing,
+/// or the tunnel is down and did not come back within `reconnect_wait`).
+pub(crate) async fn tunnel_for(proxy: &Proxy, host: &str) -> Result<Connection, Response<Body>> {
+    if let Err(wait) = proxy.breakers.check(host) {
+        return Err(bad_gateway(
+            host,
+            &format!("failing repeatedly; retrying in {}s", wait.as_secs().max(1)),
+        ));
+    }
+    proxy
+        .tunnel
+        .connection()
+        .await
+        .map_err(|reason| bad_gateway(host, &reason))
+}
+
+/// A CONNECT stream to `authority` (on `host`), once the server reached it; the outcome
+/// feeds `host`'s breaker.
+pub(crate) async fn open_connect(
+    proxy: &Proxy,
+    host: &str,
+    authority: &str,
+) -> Result<StreamHandle, Response<Body>> {
+    let connection = tunnel_for(proxy, host).await?;
+    match connection.connect(authority).await {
+        Ok(stream) => {
+            proxy.breakers.record(host, true);
+            Ok(stream)
+        }
+        Err(fluidity_core::Error::Refused { reason, .. }) => {
+            proxy.breakers.record(host, false);
+            Err(bad_gateway(host, &reason))
+        }
+        Err(e) => Err(bad_gateway(host, &e.to_string())),
     }
 }
 

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::{Body, Proxy, bad_gateway, empty, text};
+use super::{Body, Proxy, bad_gateway, empty, open_connect, text};
 
 /// Whether the request asks for a WebSocket upgrade.
 pub(crate) fn is_upgrade(request: &Request<Incoming>) -> bool {
@@ -37,26 +37,9 @@ pub(crate) async fn handle(proxy: &Proxy, mut request: Request<Incoming>) -> Res
         return text(StatusCode::BAD_REQUEST, "the request URL has no host\n");
     };
     let authority = format!("{host}:{}", uri.port_u16().unwrap_or(80));
-    if let Err(wait) = proxy.breakers.check(&host) {
-        return bad_gateway(
-            &host,
-            &format!("failing repeatedly; retrying in {}s", wait.as_secs().max(1)),
-        );
-    }
-    let connection = match proxy.tunnel.connection().await {
-        Ok(connection) => connection,
-        Err(reason) => return bad_gateway(&host, &reason),
-    };
-    let stream = match connection.connect(&authority).await {
-        Ok(stream) => {
-            proxy.breakers.record(&host, true);
-            stream
-        }
-        Err(fluidity_core::Error::Refused { reason, .. }) => {
-            proxy.breakers.record(&host, false);
-            return bad_gateway(&host, &reason);
-        }
-        Err(e) => return bad_gateway(&host, &e.to_string()),
+    let stream = match open_connect(proxy, &host, &authority).await {
+        Ok(stream) => stream,
+        Err(response) => return response,
     };
     let (mut sender, origin_connection) = match hyper::client::conn::http1::handshake::<
         _,

@@ -157,6 +157,11 @@ pub(crate) fn issued_chain_pem(issued: &IssuedCertificate) -> String {
     pem
 }
 
+/// A root store holding the CA certificates of a PEM file; errors name the file.
+pub fn root_store_file(path: &std::path::Path) -> Result<Arc<rustls::RootCertStore>> {
+    root_store(&path.display().to_string(), &files::read(path)?)
+}
+
 /// Encodes DER as one PEM block with the given label.
 pub fn pem_encode(label: &str, der: &[u8]) -> String {
     let body = base64::engine::general_purpose::STANDARD.encode(der);
