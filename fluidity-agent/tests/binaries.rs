@@ -206,3 +206,82 @@ async fn two_processes_stream_a_gibibyte_in_bounded_memory() {
     assert!(server_peak < 64 * 1024, "server peak RSS {server_peak} KiB");
     assert!(agent_peak < 64 * 1024, "agent peak RSS {agent_peak} KiB");
 }
+
+/// SIGTERM to the server: it stops accepting, lets the in-flight download finish, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_streams_then_exits_cleanly() {
+    let origin = http_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server_port = free_port();
+    let proxy_port = free_port();
+    let mut server = Command::new(server_binary())
+        .args([
+            "--dev",
+            "--listen-port",
+            &server_port.to_string(),
+            "--cache-dir",
+        ])
+        .arg(dir.path())
+        .env("FLUIDITY_EGRESS_DENY", "[]")
+        .env("FLUIDITY_SHUTDOWN_GRACE", "60s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(server_port, &mut server).await;
+    let mut agent = Command::new(agent_binary())
+        .args(["--dev", "--server", &format!("127.0.0.1:{server_port}")])
+        .args(["--local-proxy-port", &proxy_port.to_string(), "--cache-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(proxy_port, &mut agent).await;
+
+    let size: u64 = 200 << 20;
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let url = format!("http://{origin}/bytes/{size}");
+    let download = tokio::spawn(async move {
+        support::curl(&[
+            "-x",
+            &proxy,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            "--limit-rate",
+            "40M",
+            &url,
+        ])
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = server.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No new tunnels once shutting down.
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", server_port))
+            .await
+            .is_err(),
+        "the server still accepts after SIGTERM"
+    );
+    let (ok, downloaded, err) = download.await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(String::from_utf8(downloaded).unwrap(), size.to_string());
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait())
+        .await
+        .expect("the server did not exit after draining")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -371,3 +371,48 @@ async fn next<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R
     eprintln!("<- {line}");
     line
 }
+
+/// The server's HTTP exit verifies HTTPS targets: a private CA works once trusted through
+/// `target_ca_file`, and is refused (502 with the reason) otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_exit_verifies_https_targets() {
+    let origin_dir = tempfile::tempdir().unwrap();
+    let (origin, origin_ca) = support::https_origin(origin_dir.path()).await;
+    let request = format!(
+        "{{\"type\":\"http_request\",\"payload\":{{\"id\":\"a1b2c3d4e5f60718\",\"method\":\"GET\",\"url\":\"https://{origin}/hello\",\"headers\":{{\"Accept\":[\"*/*\"]}}}}}}\n"
+    );
+    for trusted in [true, false] {
+        let ca = origin_ca.clone();
+        let tunnel = Tunnel::start_with(
+            move |server| {
+                if trusted {
+                    server.target_ca_file = Some(ca);
+                }
+            },
+            |_| {},
+        )
+        .await;
+        let (mut lines, mut write) =
+            go_style_client(&tunnel, fluidity_core::pki::KeyAlgorithm::EcdsaP256).await;
+        write.write_all(b"{\"type\":\"iam_auth_request\",\"payload\":{\"id\":\"0123456789abcdef0123456789abcdef\",\"timestamp\":\"2025-12-10T12:34:56Z\",\"service\":\"tunnel\",\"region\":\"us-east-1\",\"access_key_id\":\"AKIDEXAMPLE\",\"signature\":\"x\",\"signed_headers\":\"\"}}\n").await.unwrap();
+        next(&mut lines).await;
+        write.write_all(request.as_bytes()).await.unwrap();
+        let line = next(&mut lines).await;
+        let response: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(response["type"], "http_response", "{line}");
+        if trusted {
+            assert_eq!(response["payload"]["status_code"], 200, "{line}");
+            let body = base64::engine::general_purpose::STANDARD
+                .decode(response["payload"]["body"].as_str().unwrap())
+                .unwrap();
+            assert_eq!(body, b"hello from origin");
+        } else {
+            assert_eq!(response["payload"]["status_code"], 502, "{line}");
+            let error = response["payload"]["error"]
+                .as_str()
+                .unwrap()
+                .to_ascii_lowercase();
+            assert!(error.contains("certificate"), "{line}");
+        }
+    }
+}

@@ -48,6 +48,10 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "optional::deserialize")]
     pub server_ip: Option<IpAddr>,
 
+    /// Extra CA certificates (PEM) to trust for HTTPS and `wss://` targets, besides the
+    /// Mozilla roots: for private or corporate CAs.
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub target_ca_file: Option<PathBuf>,
     /// Address of the health and metrics endpoint (`GET /health`, `GET /metrics`); off when
     /// unset.
     #[serde(deserialize_with = "optional::deserialize")]
@@ -83,6 +87,7 @@ impl Default for ServerConfig {
             ca_service_url: None,
             server_arn: None,
             server_ip: None,
+            target_ca_file: None,
             health_addr: None,
             egress_deny: None,
             shutdown_grace: Duration::from_secs(10),
@@ -107,6 +112,7 @@ impl ConfigKeys for ServerConfig {
         "ca_service_url",
         "server_arn",
         "server_ip",
+        "target_ca_file",
         "health_addr",
         "egress_deny",
         "shutdown_grace",

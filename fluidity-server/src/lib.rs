@@ -73,7 +73,7 @@ impl Server {
         }
         let acceptor = Arc::new(credentials::acceptor(&config)?);
         let egress = EgressPolicy::from_config(config.egress_deny.as_deref())?;
-        let tls = target_tls()?;
+        let tls = target_tls(config.target_ca_file.as_deref())?;
         let metrics = Arc::new(Metrics::default());
         let exits = Arc::new(Exits {
             http: exit::http::client(egress.clone(), tls.clone(), config.connect_timeout)?,
@@ -146,6 +146,9 @@ impl Server {
                 }
             }
         }
+        // Close the listening socket now: the kernel would otherwise keep completing
+        // handshakes into the backlog while we drain.
+        drop(listener);
         let open = tunnels.len();
         tracing::info!(open, grace = ?self.config.shutdown_grace, "shutting down: draining tunnels");
         let _ = drain_tx.send(true);
@@ -173,11 +176,17 @@ pub async fn run(
     Server::new(config)?.serve(listener, shutdown).await
 }
 
-/// TLS towards targets: TLS 1.2 and 1.3, verified against the Mozilla roots.
-fn target_tls() -> Result<rustls::ClientConfig, Error> {
-    let roots = rustls::RootCertStore {
+/// TLS towards targets: TLS 1.2 and 1.3, verified against the Mozilla roots (plus
+/// `target_ca_file`).
+fn target_tls(extra_roots: Option<&std::path::Path>) -> Result<rustls::ClientConfig, Error> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    if let Some(file) = extra_roots {
+        for cert in fluidity_core::pki::root_store_file(file)?.roots.iter() {
+            roots.roots.push(cert.clone());
+        }
+    }
     let mut config =
         rustls::ClientConfig::builder_with_provider(fluidity_core::pki::crypto_provider())
             .with_safe_default_protocol_versions()
