@@ -77,6 +77,11 @@ pub struct AgentConfig {
     /// How long a new request waits for the tunnel to come (back) up (default 30 s).
     #[serde(with = "duration")]
     pub reconnect_wait: Duration,
+    /// A server silent this long is dead: the tunnel is dropped and re-established (default
+    /// 30 s; heartbeats go out every third of it). Rust servers only: Go servers do not
+    /// answer heartbeats.
+    #[serde(with = "duration")]
+    pub dead_server_timeout: Duration,
     /// Development mode: with no server given, run one in this process; certificates from a
     /// local CA under `cache_dir`.
     pub dev: bool,
@@ -106,6 +111,7 @@ impl Default for AgentConfig {
             proxy_auth: None,
             upstream_proxy: None,
             reconnect_wait: Duration::from_secs(30),
+            dead_server_timeout: Duration::from_secs(30),
             dev: false,
         }
     }
@@ -151,6 +157,7 @@ impl ConfigKeys for AgentConfig {
         "proxy_auth",
         "upstream_proxy",
         "reconnect_wait",
+        "dead_server_timeout",
         "dev",
     ];
     const ALIASES: &'static [(&'static str, &'static str)] = &[

@@ -101,7 +101,13 @@ impl Agent {
         if !proxy_address.ip().is_loopback() && config.proxy_auth.is_none() {
             tracing::warn!(%proxy_address, "the proxy listens beyond loopback without proxy_auth: anyone who reaches it can use the tunnel");
         }
-        let tunnel = Tunnel::start(locator, credentials, upstream, config.reconnect_wait);
+        let tunnel = Tunnel::start(
+            locator,
+            credentials,
+            upstream,
+            config.reconnect_wait,
+            config.dead_server_timeout,
+        );
         let proxy = Arc::new(proxy::Proxy::new(
             tunnel,
             config.proxy_auth.as_deref(),

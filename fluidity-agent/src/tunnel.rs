@@ -74,12 +74,18 @@ impl Tunnel {
         credentials: Credentials,
         upstream: Option<UpstreamProxy>,
         reconnect_wait: Duration,
+        dead_server_timeout: Duration,
     ) -> Self {
         let (sender, state) = watch::channel(State::Down(None));
         let dialer = Dialer {
             locator,
             credentials,
             upstream,
+            session: SessionConfig {
+                idle_timeout: dead_server_timeout,
+                heartbeat_interval: dead_server_timeout / 3,
+                ..SessionConfig::default()
+            },
         };
         let task = tokio::spawn(maintain(dialer, sender));
         Tunnel {
@@ -122,6 +128,7 @@ struct Dialer {
     locator: Arc<dyn ServerLocator>,
     credentials: Credentials,
     upstream: Option<UpstreamProxy>,
+    session: SessionConfig,
 }
 
 async fn maintain(dialer: Dialer, state: watch::Sender<State>) {
@@ -204,7 +211,7 @@ impl Dialer {
         let mut session = Session::new(
             Role::Client,
             established.codec,
-            SessionConfig::default(),
+            self.session.clone(),
             Instant::now(),
         );
         if established.codec == CodecKind::Json {

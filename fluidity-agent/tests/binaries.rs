@@ -285,3 +285,89 @@ async fn sigterm_drains_in_flight_streams_then_exits_cleanly() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// A frozen server (SIGSTOP: its sockets stay open, nothing answers) is detected by
+/// heartbeats within `dead_server_timeout`; requests then fail clearly, and the agent
+/// recovers once the server runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_detect_a_frozen_server_and_the_agent_recovers() {
+    let origin = http_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server_port = free_port();
+    let proxy_port = free_port();
+    let mut server = Command::new(server_binary())
+        .args([
+            "--dev",
+            "--listen-port",
+            &server_port.to_string(),
+            "--cache-dir",
+        ])
+        .arg(dir.path())
+        .env("FLUIDITY_EGRESS_DENY", "[]")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(server_port, &mut server).await;
+    let mut agent = Command::new(agent_binary())
+        .args(["--dev", "--server", &format!("127.0.0.1:{server_port}")])
+        .args(["--local-proxy-port", &proxy_port.to_string(), "--cache-dir"])
+        .arg(dir.path())
+        .env("FLUIDITY_DEAD_SERVER_TIMEOUT", "2s")
+        .env("FLUIDITY_RECONNECT_WAIT", "1s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(proxy_port, &mut agent).await;
+    let url = format!("http://{origin}/hello");
+    let (ok, _, err) = get_through(proxy_port, &url).await;
+    assert!(ok, "{err}");
+
+    let pid = server.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, body, _) = support::curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{proxy_port}"),
+        "--max-time",
+        "10",
+        &url,
+    ])
+    .await;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert!(
+        body.contains("heartbeat"),
+        "the agent should report the dead server: {body}"
+    );
+
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    loop {
+        let (ok, body, _) = get_through(proxy_port, &url).await;
+        if ok && body == b"hello from origin" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the agent did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
