@@ -68,6 +68,10 @@ pub struct AgentConfig {
     #[serde(deserialize_with = "optional::deserialize")]
     pub ca_service_url: Option<String>,
 
+    /// How long to wait for the control plane to report a ready server (default 180 s; a
+    /// Fargate cold start takes 60–90 s).
+    #[serde(with = "duration")]
+    pub startup_timeout: Duration,
     /// `user:password`: require HTTP Basic proxy authentication (407 otherwise).
     #[serde(deserialize_with = "optional::deserialize")]
     pub proxy_auth: Option<String>,
@@ -108,6 +112,7 @@ impl Default for AgentConfig {
             query_endpoint: None,
             kill_endpoint: None,
             ca_service_url: None,
+            startup_timeout: Duration::from_secs(180),
             proxy_auth: None,
             upstream_proxy: None,
             reconnect_wait: Duration::from_secs(30),
@@ -154,6 +159,7 @@ impl ConfigKeys for AgentConfig {
         "query_endpoint",
         "kill_endpoint",
         "ca_service_url",
+        "startup_timeout",
         "proxy_auth",
         "upstream_proxy",
         "reconnect_wait",

@@ -17,6 +17,7 @@
 pub mod breaker;
 pub mod config;
 pub mod dev;
+pub mod lifecycle;
 mod proxy;
 pub mod tunnel;
 pub mod upstream;
@@ -25,7 +26,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fluidity_core::locate::{ServerInfo, StaticLocator};
+use fluidity_core::locate::{ServerInfo, ServerLocator, StaticLocator};
 use fluidity_core::pki::agent_certs::{AgentCertConfig, AgentCertManager};
 use fluidity_core::pki::local_ca::LocalCa;
 use fluidity_core::pki::{SigningOptions, TlsIdentity, root_store, root_store_file};
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 pub use config::AgentConfig;
 pub use fluidity_core;
 
+use crate::lifecycle::{ControlPlane, ControlPlaneIssuer, LambdaLocator};
 use crate::tunnel::{Credentials, Tunnel};
 use crate::upstream::UpstreamProxy;
 
@@ -55,11 +57,19 @@ pub enum Error {
 }
 
 /// A running agent: its tunnel and proxy state.
-#[derive(Debug)]
 pub struct Agent {
     proxy: Arc<proxy::Proxy>,
+    locator: Arc<dyn ServerLocator>,
     config: AgentConfig,
     _embedded: Option<dev::EmbeddedServer>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Agent {
@@ -71,38 +81,76 @@ impl Agent {
         } else {
             None
         };
-        if config.wake_endpoint.is_some() || config.query_endpoint.is_some() {
-            return Err(Error::Config(
-                "wake_endpoint/query_endpoint (the AWS control plane) are not supported by this \
-                 build yet; configure server_ip with certificates, or use --dev"
-                    .into(),
-            ));
-        }
-        let address = config
-            .server_address()
-            .map_err(Error::Config)?
-            .ok_or_else(|| {
-                Error::Config(
-                    "no server: set server_ip (or server = host:port), or run with --dev".into(),
-                )
-            })?;
-        let credentials = credentials(&config)?;
         let upstream = config
             .upstream_proxy
             .as_deref()
             .map(UpstreamProxy::parse)
             .transpose()
             .map_err(Error::Config)?;
-        let locator = Arc::new(StaticLocator::new(ServerInfo {
-            address,
-            server_arn: config.server_arn.clone(),
-            agent_ip: config.agent_ip,
-        }));
+        let (locator, credentials): (Arc<dyn ServerLocator>, Credentials) =
+            match (&config.wake_endpoint, &config.query_endpoint) {
+                (Some(wake), Some(query)) => {
+                    let plane = Arc::new(ControlPlane::new(
+                        control_plane_http()?,
+                        wake.clone(),
+                        query.clone(),
+                        config.kill_endpoint.clone(),
+                        config.ca_service_url.clone(),
+                        config.server_port,
+                        config.startup_timeout,
+                    ));
+                    let credentials = if config.ca_service_url.is_some() {
+                        let ca = config.ca_cert_file.as_ref().ok_or_else(|| {
+                            Error::Config(
+                                "ca_service_url also needs ca_cert_file (the CA certificate)"
+                                    .into(),
+                            )
+                        })?;
+                        Credentials::Arn {
+                            certificates: Arc::new(AgentCertManager::new(
+                                AgentCertConfig {
+                                    cache_dir: config.cache_dir.clone(),
+                                    ..AgentCertConfig::default()
+                                },
+                                Arc::new(ControlPlaneIssuer::new(plane.clone())),
+                            )),
+                            roots: root_store_file(ca)?,
+                        }
+                    } else {
+                        credentials(&config)?
+                    };
+                    (Arc::new(LambdaLocator::new(plane)), credentials)
+                }
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(Error::Config(
+                        "wake_endpoint and query_endpoint go together".into(),
+                    ));
+                }
+                (None, None) => {
+                    let address =
+                        config
+                            .server_address()
+                            .map_err(Error::Config)?
+                            .ok_or_else(|| {
+                                Error::Config(
+                            "no server: set server_ip (or server = host:port), wake_endpoint and \
+                             query_endpoint, or run with --dev"
+                                .into(),
+                        )
+                            })?;
+                    let locator = Arc::new(StaticLocator::new(ServerInfo {
+                        address,
+                        server_arn: config.server_arn.clone(),
+                        agent_ip: config.agent_ip,
+                    }));
+                    (locator, credentials(&config)?)
+                }
+            };
         if !proxy_address.ip().is_loopback() && config.proxy_auth.is_none() {
             tracing::warn!(%proxy_address, "the proxy listens beyond loopback without proxy_auth: anyone who reaches it can use the tunnel");
         }
         let tunnel = Tunnel::start(
-            locator,
+            locator.clone(),
             credentials,
             upstream,
             config.reconnect_wait,
@@ -115,6 +163,7 @@ impl Agent {
         ));
         Ok(Agent {
             proxy,
+            locator,
             config,
             _embedded: embedded,
         })
@@ -138,6 +187,10 @@ impl Agent {
     ) -> Result<(), Error> {
         tracing::info!(address = %listener.local_addr()?, "proxy listening");
         proxy::serve(self.proxy.clone(), listener, shutdown).await;
+        // Tell the control plane this agent is done (Kill, exactly once).
+        if let Err(e) = self.locator.release().await {
+            tracing::warn!(error = %e, "releasing the server failed");
+        }
         Ok(())
     }
 }
@@ -150,6 +203,21 @@ pub async fn run(
 ) -> Result<(), Error> {
     let agent = Agent::start(config, listener.local_addr()?).await?;
     agent.serve(listener, shutdown).await
+}
+
+/// The HTTP client for the control plane: HTTPS verified against the Mozilla roots.
+fn control_plane_http() -> Result<reqwest::Client, Error> {
+    let tls = rustls::ClientConfig::builder_with_provider(fluidity_core::pki::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS for the control plane: {e}")))?
+        .with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| Error::Config(format!("HTTP client for the control plane: {e}")))
 }
 
 fn credentials(config: &AgentConfig) -> Result<Credentials, Error> {

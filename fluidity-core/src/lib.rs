@@ -18,6 +18,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod driver;
 pub mod envelope;
 pub mod error;
