@@ -1,7 +1,64 @@
-//! The Fluidity control plane (Wake, Query, CA, Sleep, Kill).
+//! The Fluidity control plane: Wake, Query, CA, Sleep and Kill.
 //!
-//! Not built yet: tracked by the control-plane issue. AWS SDK crates belong here, never in
-//! `fluidity-core`.
+//! Each function is a plain async handler ([`handlers`]) over small traits ([`backend`]):
+//! the ECS service, the server's activity metrics, the CA. AWS-backed implementations and the
+//! Lambda entry points plug in on top; the handlers are tested with fakes. Cluster and service
+//! come from the environment only, never from request bodies.
+//!
+//! AWS SDK crates belong here, never in `fluidity-core`.
 #![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod event;
+pub mod handlers;
+
 pub use fluidity_core;
+
+/// Why a handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The AWS (or other) backend failed.
+    #[error("{context}: {reason}")]
+    Backend {
+        /// What was being done.
+        context: &'static str,
+        /// The backend's error.
+        reason: String,
+    },
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The configured service does not exist.
+    #[error("service {service} not found in cluster {cluster}")]
+    ServiceNotFound {
+        /// The cluster.
+        cluster: String,
+        /// The service.
+        service: String,
+    },
+    /// The CA refused or failed.
+    #[error(transparent)]
+    Ca(#[from] fluidity_core::Error),
+}
+
+impl Error {
+    /// Wraps a backend failure.
+    pub fn backend(context: &'static str, reason: impl std::fmt::Display) -> Self {
+        Error::Backend {
+            context,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The HTTP status this error maps to.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::BadRequest(_) => 400,
+            Error::Ca(fluidity_core::Error::CsrRefused(
+                fluidity_core::pki::CsrRefusal::NotAuthorised(_),
+            )) => 403,
+            Error::Ca(fluidity_core::Error::CsrRefused(_)) => 400,
+            _ => 500,
+        }
+    }
+}

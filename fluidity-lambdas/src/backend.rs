@@ -1,0 +1,74 @@
+//! What the handlers need from AWS, as small traits: the ECS service and its tasks, and the
+//! server's activity. `aws.rs` implements them with the AWS SDK; tests use fakes.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use crate::Error;
+
+/// The service's counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Desired tasks.
+    pub desired: i32,
+    /// Running tasks.
+    pub running: i32,
+    /// Pending tasks.
+    pub pending: i32,
+}
+
+/// One RUNNING task of the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// The task ARN (the server's identity).
+    pub arn: String,
+    /// Its public IP, once its network interface has one.
+    pub public_ip: Option<IpAddr>,
+    /// When it started.
+    pub started_at: Option<SystemTime>,
+}
+
+/// The ECS service the control plane manages (cluster and service fixed by the environment).
+#[async_trait]
+pub trait EcsService: Send + Sync {
+    /// The cluster and service names, for ids and messages.
+    fn names(&self) -> (&str, &str);
+    /// The service's counts, or `None` if it does not exist.
+    async fn state(&self) -> Result<Option<ServiceState>, Error>;
+    /// Sets the desired count.
+    async fn set_desired(&self, count: i32) -> Result<(), Error>;
+    /// The service's RUNNING tasks.
+    async fn running_tasks(&self) -> Result<Vec<Task>, Error>;
+}
+
+/// The server's activity as its metrics report it over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Activity {
+    /// The most recent count of open tunnels, if any datapoint exists.
+    pub active_tunnels: Option<f64>,
+    /// The last moment any stream moved bytes (HTTP, CONNECT, WebSocket), if known.
+    pub last_activity: Option<SystemTime>,
+}
+
+/// Reads the server's activity metrics.
+#[async_trait]
+pub trait ActivityMetrics: Send + Sync {
+    /// Activity over the last `lookback`.
+    async fn activity(&self, lookback: std::time::Duration) -> Result<Activity, Error>;
+}
+
+/// The task the control plane hands out when several run: the oldest one (ties by ARN), so
+/// every agent is sent to the same server.
+pub fn choose(tasks: &[Task]) -> Option<&Task> {
+    tasks
+        .iter()
+        .filter(|t| t.public_ip.is_some())
+        .min_by(|a, b| {
+            a.started_at
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+                .cmp(&b.started_at.unwrap_or(SystemTime::UNIX_EPOCH))
+                .then_with(|| a.arn.cmp(&b.arn))
+        })
+}
