@@ -60,12 +60,34 @@ where
     }
 }
 
+/// Bytes moved so far by a running [`relay_tcp`], readable while it runs (for activity
+/// tracking).
+#[derive(Debug, Default)]
+pub struct Progress {
+    from_tunnel: std::sync::atomic::AtomicU64,
+    to_tunnel: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    /// Bytes moved in both directions so far.
+    pub fn total(&self) -> u64 {
+        self.from_tunnel.load(std::sync::atomic::Ordering::Relaxed)
+            + self.to_tunnel.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// [`relay`] specialised for a TCP socket, the common case (CONNECT on both ends), built so
 /// that an idle relay holds no buffers: tunnel data is written to the socket straight from
 /// the session's receive buffer, and a read buffer exists only while the socket has data.
 /// `already_read` is data the caller read from the socket before (e.g. bytes a proxy client
 /// pipelined after its CONNECT head); it goes into the tunnel first.
-pub async fn relay_tcp(stream: StreamHandle, socket: TcpStream, already_read: Bytes) -> Relayed {
+pub async fn relay_tcp(
+    stream: StreamHandle,
+    socket: TcpStream,
+    already_read: Bytes,
+    progress: &Progress,
+) -> Relayed {
+    use std::sync::atomic::Ordering::Relaxed;
     let (stream_reader, mut stream_writer) = stream.into_split();
     let (socket_reader, mut socket_writer) = socket.into_split();
     let into_local = async {
@@ -75,6 +97,9 @@ pub async fn relay_tcp(stream: StreamHandle, socket: TcpStream, already_read: By
                 break;
             }
             moved += chunk.data.len() as u64;
+            progress
+                .from_tunnel
+                .fetch_add(chunk.data.len() as u64, Relaxed);
         }
         let _ = socket_writer.shutdown().await;
         moved
@@ -108,6 +133,7 @@ pub async fn relay_tcp(stream: StreamHandle, socket: TcpStream, already_read: By
                         return moved;
                     }
                     moved += n as u64;
+                    progress.to_tunnel.fetch_add(n as u64, Relaxed);
                     buffer.clear();
                 }
                 // Drained: give the buffer back while the socket is quiet.

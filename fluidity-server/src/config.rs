@@ -56,6 +56,11 @@ pub struct ServerConfig {
     /// unset.
     #[serde(deserialize_with = "optional::deserialize")]
     pub health_addr: Option<std::net::SocketAddr>,
+    /// Print activity metrics (CloudWatch Embedded Metric Format) to stdout this often; off
+    /// when unset. On ECS, 60 s feeds the Sleep function. Dimensions come from
+    /// `ECS_CLUSTER_NAME` / `ECS_SERVICE_NAME`.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub metrics_interval: Option<Duration>,
     /// CIDRs the server never connects to. Unset: loopback, link-local and the cloud metadata
     /// addresses. `[]` allows everything.
     pub egress_deny: Option<Vec<String>>,
@@ -89,6 +94,7 @@ impl Default for ServerConfig {
             server_ip: None,
             target_ca_file: None,
             health_addr: None,
+            metrics_interval: None,
             egress_deny: None,
             shutdown_grace: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
@@ -114,6 +120,7 @@ impl ConfigKeys for ServerConfig {
         "server_ip",
         "target_ca_file",
         "health_addr",
+        "metrics_interval",
         "egress_deny",
         "shutdown_grace",
         "handshake_timeout",
@@ -125,4 +132,24 @@ impl ConfigKeys for ServerConfig {
         ("ca_lambda_url", "ca_service_url"),
         ("server_public_ip", "server_ip"),
     ];
+}
+
+/// An optional duration: absent, `null` or `""` is `None`.
+fn optional_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    match value {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) if s.trim().is_empty() => Ok(None),
+        serde_json::Value::String(s) => fluidity_core::config::parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("not a duration")),
+        other => Err(serde::de::Error::custom(format!("not a duration: {other}"))),
+    }
 }

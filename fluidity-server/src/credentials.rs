@@ -54,26 +54,16 @@ pub fn acceptor(config: &ServerConfig) -> Result<TlsAcceptor, Error> {
 }
 
 fn arn_acceptor(config: &ServerConfig) -> Result<TlsAcceptor, Error> {
-    let server_arn = config
-        .server_arn
-        .clone()
-        .or_else(|| std::env::var("SERVER_ARN").ok())
-        .ok_or_else(|| {
-            Error::Config(
-                "no certificates configured: set cert_file/key_file/ca_cert_file (static mode), \
+    let server_arn = config.server_arn.clone().ok_or_else(|| {
+        Error::Config(
+            "no certificates configured: set cert_file/key_file/ca_cert_file (static mode), \
                  or server_arn and ca_dir (ARN mode), or run with --dev"
-                    .into(),
-            )
-        })?;
-    let server_ip = match config.server_ip {
-        Some(ip) => ip,
-        None => std::env::var("SERVER_PUBLIC_IP")
-            .ok()
-            .and_then(|ip| ip.parse().ok())
-            .ok_or_else(|| {
-                Error::Config("ARN mode needs server_ip (or SERVER_PUBLIC_IP)".into())
-            })?,
-    };
+                .into(),
+        )
+    })?;
+    let server_ip = config
+        .server_ip
+        .ok_or_else(|| Error::Config("ARN mode needs server_ip (or SERVER_PUBLIC_IP)".into()))?;
     let Some(ca_dir) = &config.ca_dir else {
         let hint = if config.ca_service_url.is_some() {
             "ca_service_url is served by the AWS control plane, which this build does not include yet; "

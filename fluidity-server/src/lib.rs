@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod credentials;
+pub mod ecs;
 pub mod egress;
 pub mod exit;
 pub mod health;
@@ -116,6 +117,22 @@ impl Server {
                 let _ = stop.wait_for(|draining| *draining).await;
             }));
         }
+        if let Some(interval) = self.config.metrics_interval {
+            let metrics = self.metrics.clone();
+            let cluster = std::env::var("ECS_CLUSTER_NAME").unwrap_or_else(|_| "fluidity".into());
+            let service =
+                std::env::var("ECS_SERVICE_NAME").unwrap_or_else(|_| "fluidity-server".into());
+            let mut stop = drain_rx.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                loop {
+                    tokio::select! {
+                        _ = ticker.tick() => println!("{}", metrics.emf_line(&cluster, &service)),
+                        _ = stop.wait_for(|draining| *draining) => return,
+                    }
+                }
+            });
+        }
         tracing::info!(address = %listener.local_addr()?, max_connections = self.config.max_connections, "accepting tunnels");
         let slots = Arc::new(Semaphore::new(self.config.max_connections));
         let mut tunnels = JoinSet::new();
@@ -169,16 +186,19 @@ impl Server {
 
 /// Runs a server from `config` on `listener` until `shutdown` completes.
 pub async fn run(
-    config: ServerConfig,
+    mut config: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    ecs::discover(&mut config, |k| std::env::var(k).ok()).await?;
     Server::new(config)?.serve(listener, shutdown).await
 }
 
 /// TLS towards targets: TLS 1.2 and 1.3, verified against the Mozilla roots (plus
 /// `target_ca_file`).
-fn target_tls(extra_roots: Option<&std::path::Path>) -> Result<rustls::ClientConfig, Error> {
+pub(crate) fn target_tls(
+    extra_roots: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, Error> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

@@ -75,6 +75,10 @@ fn main() -> anyhow::Result<()> {
         let address = std::net::SocketAddr::new(config.listen_addr, config.listen_port);
         let listener = fluidity_core::transport::listen(address)
             .with_context(|| format!("listening on {address}"))?;
+        let mut config = config;
+        fluidity_server::ecs::discover(&mut config, |k| std::env::var(k).ok())
+            .await
+            .context("finding the server's identity")?;
         let server = fluidity_server::Server::new(config).context("starting the server")?;
         if server.config().dev {
             let dir = server.config().cache_dir.clone().unwrap_or_default();

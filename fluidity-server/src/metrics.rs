@@ -160,6 +160,38 @@ impl Metrics {
         self.last_activity.store(unix_now(), Ordering::Relaxed);
     }
 
+    /// Unix seconds of the last activity.
+    pub fn last_activity(&self) -> u64 {
+        self.last_activity.load(Ordering::Relaxed)
+    }
+
+    /// One CloudWatch Embedded Metric Format line (logged to stdout, CloudWatch Logs turns it
+    /// into the `Fluidity/ActiveTunnels` and `Fluidity/LastActivityEpochSeconds` metrics
+    /// that the Sleep function reads).
+    pub fn emf_line(&self, cluster: &str, service: &str) -> String {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        serde_json::json!({
+            "_aws": {
+                "Timestamp": now_ms as u64,
+                "CloudWatchMetrics": [{
+                    "Namespace": "Fluidity",
+                    "Dimensions": [["ClusterName", "ServiceName"]],
+                    "Metrics": [
+                        {"Name": "ActiveTunnels", "Unit": "Count"},
+                        {"Name": "LastActivityEpochSeconds", "Unit": "Seconds"}
+                    ]
+                }]
+            },
+            "ClusterName": cluster,
+            "ServiceName": service,
+            "ActiveTunnels": self.tunnels(),
+            "LastActivityEpochSeconds": self.last_activity(),
+        })
+        .to_string()
+    }
+
     /// The `/health` document.
     pub fn health_json(&self) -> String {
         serde_json::json!({

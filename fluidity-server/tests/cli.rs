@@ -98,3 +98,54 @@ fn the_go_server_yaml_loads_and_sigterm_exits_cleanly() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("listening on 127.0.0.1:"), "{stdout}");
 }
+
+/// Activity metrics as CloudWatch Embedded Metric Format lines on stdout (what the Sleep
+/// function reads once CloudWatch Logs has turned them into metrics).
+#[test]
+fn activity_metrics_are_logged_in_embedded_metric_format() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = server()
+        .args(["--dev", "--listen-port", "0", "--cache-dir"])
+        .arg(dir.path())
+        .env("FLUIDITY_METRICS_INTERVAL", "200ms")
+        .env("ECS_CLUSTER_NAME", "test-cluster")
+        .env("ECS_SERVICE_NAME", "test-service")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let record = loop {
+        let line = receiver
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("no metrics line within 15 s");
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+            && value.get("_aws").is_some()
+        {
+            break value;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(record["ClusterName"], "test-cluster");
+    assert_eq!(record["ServiceName"], "test-service");
+    assert_eq!(record["ActiveTunnels"], 0);
+    assert!(record["LastActivityEpochSeconds"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(
+        record["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "Fluidity"
+    );
+}

@@ -2,7 +2,7 @@
 //! server has reached the target (502 with its reason otherwise), then relay bytes. Bytes the
 //! client pipelined after the CONNECT head are kept by hyper's upgrade and relayed first.
 
-use fluidity_core::relay::{relay, relay_tcp};
+use fluidity_core::relay::{Progress, relay, relay_tcp};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -26,7 +26,10 @@ pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Respons
                 // Back to the plain socket (plus what hyper had buffered), so the relay holds
                 // no buffers while idle.
                 let moved = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-                    Ok(parts) => relay_tcp(stream, parts.io.into_inner(), parts.read_buf).await,
+                    Ok(parts) => {
+                        let progress = Progress::default();
+                        relay_tcp(stream, parts.io.into_inner(), parts.read_buf, &progress).await
+                    }
                     Err(upgraded) => {
                         let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
                         relay(stream, reader, writer).await

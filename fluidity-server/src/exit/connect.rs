@@ -2,12 +2,15 @@
 //! with flow control and half-close.
 
 use fluidity_core::driver::IncomingStream;
-use fluidity_core::relay::relay_tcp;
+use fluidity_core::relay::{Progress, relay_tcp};
 use fluidity_core::session::Reply;
 
 use super::{Exits, dial};
 use crate::egress::split_authority;
 use crate::metrics::{Failure, StreamKind};
+
+/// How often a running relay's progress is checked for activity.
+const ACTIVITY_TICK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serves a CONNECT stream to `address` (`host:port`).
 pub async fn serve(exits: &Exits, incoming: IncomingStream, address: &str) {
@@ -40,7 +43,25 @@ pub async fn serve(exits: &Exits, incoming: IncomingStream, address: &str) {
         }
     };
     tracing::debug!(%id, address, "CONNECT open");
-    let moved = relay_tcp(stream, target, bytes::Bytes::new()).await;
+    // Long transfers count as activity while they run, not only when they end (Sleep must not
+    // stop a server in the middle of a download).
+    let progress = Progress::default();
+    let relay = relay_tcp(stream, target, bytes::Bytes::new(), &progress);
+    tokio::pin!(relay);
+    let mut seen = 0;
+    let mut ticker = tokio::time::interval(ACTIVITY_TICK);
+    let moved = loop {
+        tokio::select! {
+            moved = &mut relay => break moved,
+            _ = ticker.tick() => {
+                let total = progress.total();
+                if total != seen {
+                    seen = total;
+                    exits.metrics.touch();
+                }
+            }
+        }
+    };
     exits.metrics.add_bytes(moved.from_tunnel, moved.to_tunnel);
     tracing::debug!(%id, to_target = moved.from_tunnel, from_target = moved.to_tunnel, "CONNECT closed");
 }

@@ -222,6 +222,7 @@ async fn relay_response(exits: &Exits, mut writer: StreamWriter, response: reqwe
             return;
         }
         sent += chunk.len() as u64;
+        exits.metrics.touch();
     }
     let _ = writer.shutdown().await;
     exits.metrics.add_bytes(0, sent);
