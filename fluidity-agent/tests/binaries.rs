@@ -241,6 +241,9 @@ async fn sigterm_drains_in_flight_streams_then_exits_cleanly() {
         .unwrap();
     wait_for_port(proxy_port, &mut agent).await;
 
+    // The tunnel is up before the download starts (so SIGTERM finds the stream open).
+    let (ok, _, err) = get_through(proxy_port, &format!("http://{origin}/hello")).await;
+    assert!(ok, "{err}");
     let size: u64 = 200 << 20;
     let proxy = format!("http://127.0.0.1:{proxy_port}");
     let url = format!("http://{origin}/bytes/{size}");
