@@ -57,6 +57,45 @@ async fn wait_for_port(port: u16, child: &mut Child) {
     }
 }
 
+/// `fluidity-server --dev` and `fluidity-agent --dev --server` as two processes sharing `dir`,
+/// each with extra environment; returns them and the server and proxy ports once both listen.
+async fn start_pair(
+    dir: &std::path::Path,
+    server_env: &[(&str, &str)],
+    agent_env: &[(&str, &str)],
+) -> (Child, Child, u16, u16) {
+    let server_port = free_port();
+    let proxy_port = free_port();
+    let mut server = Command::new(server_binary())
+        .args([
+            "--dev",
+            "--listen-port",
+            &server_port.to_string(),
+            "--cache-dir",
+        ])
+        .arg(dir)
+        .env("FLUIDITY_EGRESS_DENY", "[]")
+        .envs(server_env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(server_port, &mut server).await;
+    let mut agent = Command::new(agent_binary())
+        .args(["--dev", "--server", &format!("127.0.0.1:{server_port}")])
+        .args(["--local-proxy-port", &proxy_port.to_string(), "--cache-dir"])
+        .arg(dir)
+        .envs(agent_env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(proxy_port, &mut agent).await;
+    (server, agent, server_port, proxy_port)
+}
+
 /// Peak resident memory of a process, KiB (`VmHWM`).
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -212,34 +251,8 @@ async fn two_processes_stream_a_gibibyte_in_bounded_memory() {
 async fn sigterm_drains_in_flight_streams_then_exits_cleanly() {
     let origin = http_origin().await;
     let dir = tempfile::tempdir().unwrap();
-    let server_port = free_port();
-    let proxy_port = free_port();
-    let mut server = Command::new(server_binary())
-        .args([
-            "--dev",
-            "--listen-port",
-            &server_port.to_string(),
-            "--cache-dir",
-        ])
-        .arg(dir.path())
-        .env("FLUIDITY_EGRESS_DENY", "[]")
-        .env("FLUIDITY_SHUTDOWN_GRACE", "60s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_for_port(server_port, &mut server).await;
-    let mut agent = Command::new(agent_binary())
-        .args(["--dev", "--server", &format!("127.0.0.1:{server_port}")])
-        .args(["--local-proxy-port", &proxy_port.to_string(), "--cache-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_for_port(proxy_port, &mut agent).await;
+    let (mut server, _agent, server_port, proxy_port) =
+        start_pair(dir.path(), &[("FLUIDITY_SHUTDOWN_GRACE", "60s")], &[]).await;
 
     // The tunnel is up before the download starts (so SIGTERM finds the stream open).
     let (ok, _, err) = get_through(proxy_port, &format!("http://{origin}/hello")).await;
@@ -296,35 +309,15 @@ async fn sigterm_drains_in_flight_streams_then_exits_cleanly() {
 async fn heartbeats_detect_a_frozen_server_and_the_agent_recovers() {
     let origin = http_origin().await;
     let dir = tempfile::tempdir().unwrap();
-    let server_port = free_port();
-    let proxy_port = free_port();
-    let mut server = Command::new(server_binary())
-        .args([
-            "--dev",
-            "--listen-port",
-            &server_port.to_string(),
-            "--cache-dir",
-        ])
-        .arg(dir.path())
-        .env("FLUIDITY_EGRESS_DENY", "[]")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_for_port(server_port, &mut server).await;
-    let mut agent = Command::new(agent_binary())
-        .args(["--dev", "--server", &format!("127.0.0.1:{server_port}")])
-        .args(["--local-proxy-port", &proxy_port.to_string(), "--cache-dir"])
-        .arg(dir.path())
-        .env("FLUIDITY_DEAD_SERVER_TIMEOUT", "2s")
-        .env("FLUIDITY_RECONNECT_WAIT", "1s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_for_port(proxy_port, &mut agent).await;
+    let (server, _agent, _, proxy_port) = start_pair(
+        dir.path(),
+        &[],
+        &[
+            ("FLUIDITY_DEAD_SERVER_TIMEOUT", "2s"),
+            ("FLUIDITY_RECONNECT_WAIT", "1s"),
+        ],
+    )
+    .await;
     let url = format!("http://{origin}/hello");
     let (ok, _, err) = get_through(proxy_port, &url).await;
     assert!(ok, "{err}");
