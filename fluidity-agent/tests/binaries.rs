@@ -64,24 +64,8 @@ async fn start_pair(
     server_env: &[(&str, &str)],
     agent_env: &[(&str, &str)],
 ) -> (Child, Child, u16, u16) {
-    let server_port = free_port();
+    let (server, server_port) = start_server_process(dir, server_env).await;
     let proxy_port = free_port();
-    let mut server = Command::new(server_binary())
-        .args([
-            "--dev",
-            "--listen-port",
-            &server_port.to_string(),
-            "--cache-dir",
-        ])
-        .arg(dir)
-        .env("FLUIDITY_EGRESS_DENY", "[]")
-        .envs(server_env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_for_port(server_port, &mut server).await;
     let mut agent = Command::new(agent_binary())
         .args(["--dev", "--server", &format!("127.0.0.1:{server_port}")])
         .args(["--local-proxy-port", &proxy_port.to_string(), "--cache-dir"])
@@ -94,6 +78,24 @@ async fn start_pair(
         .unwrap();
     wait_for_port(proxy_port, &mut agent).await;
     (server, agent, server_port, proxy_port)
+}
+
+/// `fluidity-server --dev` sharing `dir`, allowed to reach loopback origins, with extra
+/// environment; returns it and its port once it listens.
+async fn start_server_process(dir: &std::path::Path, env: &[(&str, &str)]) -> (Child, u16) {
+    let port = free_port();
+    let mut server = Command::new(server_binary())
+        .args(["--dev", "--listen-port", &port.to_string(), "--cache-dir"])
+        .arg(dir)
+        .env("FLUIDITY_EGRESS_DENY", "[]")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut server).await;
+    (server, port)
 }
 
 /// Peak resident memory of a process, KiB (`VmHWM`).
@@ -163,23 +165,8 @@ async fn agent_dev_mode_is_a_working_proxy_in_one_command() {
 async fn two_processes_stream_a_gibibyte_in_bounded_memory() {
     let origin = http_origin().await;
     let dir = tempfile::tempdir().unwrap();
-    let server_port = free_port();
+    let (server, server_port) = start_server_process(dir.path(), &[]).await;
     let proxy_port = free_port();
-    let mut server = Command::new(server_binary())
-        .args([
-            "--dev",
-            "--listen-port",
-            &server_port.to_string(),
-            "--cache-dir",
-        ])
-        .arg(dir.path())
-        .env("FLUIDITY_EGRESS_DENY", "[]")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_for_port(server_port, &mut server).await;
     // A Go-style agent.yaml (flat keys, empty values for what is unused).
     let config = dir.path().join("agent.yaml");
     std::fs::write(

@@ -255,11 +255,26 @@ pub mod duration {
         Text(String),
     }
 
+    fn from_raw<E: serde::de::Error>(raw: Raw) -> Result<Duration, E> {
+        match raw {
+            Raw::Seconds(s) => Duration::try_from_secs_f64(s).map_err(E::custom),
+            Raw::Text(t) => super::parse_duration(&t).map_err(E::custom),
+        }
+    }
+
     /// Deserializes a duration.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        match Raw::deserialize(deserializer)? {
-            Raw::Seconds(s) => Duration::try_from_secs_f64(s).map_err(serde::de::Error::custom),
-            Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
+        from_raw(Raw::deserialize(deserializer)?)
+    }
+
+    /// Deserializes an optional duration: absent, `null` and `""` are `None`.
+    pub fn deserialize_optional<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        match Option::<Raw>::deserialize(deserializer)? {
+            None => Ok(None),
+            Some(Raw::Text(t)) if t.trim().is_empty() => Ok(None),
+            Some(raw) => from_raw(raw).map(Some),
         }
     }
 
@@ -281,6 +296,8 @@ mod tests {
         list: Option<Vec<String>>,
         #[serde(with = "duration")]
         wait: Duration,
+        #[serde(deserialize_with = "duration::deserialize_optional")]
+        every: Option<Duration>,
     }
 
     impl Default for Example {
@@ -290,12 +307,13 @@ mod tests {
                 name: "default".into(),
                 list: None,
                 wait: Duration::from_secs(30),
+                every: None,
             }
         }
     }
 
     impl ConfigKeys for Example {
-        const KEYS: &'static [&'static str] = &["port", "name", "list", "wait"];
+        const KEYS: &'static [&'static str] = &["port", "name", "list", "wait", "every"];
         const ALIASES: &'static [(&'static str, &'static str)] = &[("listen_port", "port")];
     }
 
@@ -328,7 +346,8 @@ mod tests {
                 port: 9000,
                 name: "me-x".into(),
                 list: Some(vec![]),
-                wait: Duration::from_secs(120)
+                wait: Duration::from_secs(120),
+                every: None,
             }
         );
         assert_eq!(loaded.warnings.len(), 1);
@@ -382,6 +401,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/fluidity.yaml"), "{err}");
+    }
+
+    #[test]
+    fn optional_durations_treat_empty_as_unset() {
+        for (raw, expected) in [
+            ("\"\"", None),
+            ("null", None),
+            ("\"2s\"", Some(2)),
+            ("5", Some(5)),
+        ] {
+            let file = write(&format!("every: {raw}\n"));
+            let loaded: Loaded<Example> = load(Some(file.path()), env(&[]), &[]).unwrap();
+            assert_eq!(
+                loaded.config.every,
+                expected.map(Duration::from_secs),
+                "{raw}"
+            );
+        }
+        let file = write("every: soon\n");
+        assert!(load::<Example>(Some(file.path()), env(&[]), &[]).is_err());
     }
 
     #[test]

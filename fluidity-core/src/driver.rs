@@ -665,11 +665,7 @@ impl StreamHandle {
     }
 
     /// Aborts the stream in both directions; the peer learns `reason`.
-    pub fn reset(&mut self, reason: &str) {
-        self.reset_now(reason);
-    }
-
-    fn reset_now(&self, reason: &str) {
+    pub fn reset(&self, reason: &str) {
         let mut state = self.shared.lock();
         let _ = state.session.reset(self.id, reason);
         state.after_app_call();
@@ -781,7 +777,7 @@ impl StreamReader {
 
     /// Aborts the stream in both directions.
     pub fn reset(&self, reason: &str) {
-        self.0.reset_now(reason);
+        self.0.reset(reason);
     }
 }
 
@@ -812,7 +808,7 @@ impl StreamWriter {
 
     /// Aborts the stream in both directions.
     pub fn reset(&self, reason: &str) {
-        self.0.reset_now(reason);
+        self.0.reset(reason);
     }
 }
 

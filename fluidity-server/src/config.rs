@@ -59,7 +59,7 @@ pub struct ServerConfig {
     /// Print activity metrics (CloudWatch Embedded Metric Format) to stdout this often; off
     /// when unset. On ECS, 60 s feeds the Sleep function. Dimensions come from
     /// `ECS_CLUSTER_NAME` / `ECS_SERVICE_NAME`.
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(default, deserialize_with = "duration::deserialize_optional")]
     pub metrics_interval: Option<Duration>,
     /// CIDRs the server never connects to. Unset: loopback, link-local and the cloud metadata
     /// addresses. `[]` allows everything.
@@ -132,24 +132,4 @@ impl ConfigKeys for ServerConfig {
         ("ca_lambda_url", "ca_service_url"),
         ("server_public_ip", "server_ip"),
     ];
-}
-
-/// An optional duration: absent, `null` or `""` is `None`.
-fn optional_duration<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
-    let value = serde_json::Value::deserialize(deserializer)?;
-    match value {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::String(s) if s.trim().is_empty() => Ok(None),
-        serde_json::Value::String(s) => fluidity_core::config::parse_duration(&s)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-        serde_json::Value::Number(n) => n
-            .as_f64()
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom("not a duration")),
-        other => Err(serde::de::Error::custom(format!("not a duration: {other}"))),
-    }
 }
