@@ -35,7 +35,9 @@ use tokio::net::TcpListener;
 pub use config::AgentConfig;
 pub use fluidity_core;
 
-use crate::lifecycle::{ControlPlane, ControlPlaneIssuer, LambdaLocator};
+use fluidity_aws::{CaClient, ControlPlaneClient, RequestSigner};
+
+use crate::lifecycle::{ControlPlane, LambdaLocator};
 use crate::tunnel::{Credentials, Tunnel};
 use crate::upstream::UpstreamProxy;
 
@@ -90,16 +92,19 @@ impl Agent {
         let (locator, credentials): (Arc<dyn ServerLocator>, Credentials) =
             match (&config.wake_endpoint, &config.query_endpoint) {
                 (Some(wake), Some(query)) => {
+                    let client = ControlPlaneClient::new(
+                        fluidity_aws::http_client().map_err(|e| Error::Config(e.to_string()))?,
+                        Arc::new(RequestSigner::new()),
+                    );
                     let plane = Arc::new(ControlPlane::new(
-                        control_plane_http()?,
+                        client.clone(),
                         wake.clone(),
                         query.clone(),
                         config.kill_endpoint.clone(),
-                        config.ca_service_url.clone(),
                         config.server_port,
                         config.startup_timeout,
                     ));
-                    let credentials = if config.ca_service_url.is_some() {
+                    let credentials = if let Some(ca_url) = &config.ca_service_url {
                         let ca = config.ca_cert_file.as_ref().ok_or_else(|| {
                             Error::Config(
                                 "ca_service_url also needs ca_cert_file (the CA certificate)"
@@ -112,7 +117,7 @@ impl Agent {
                                     cache_dir: config.cache_dir.clone(),
                                     ..AgentCertConfig::default()
                                 },
-                                Arc::new(ControlPlaneIssuer::new(plane.clone())),
+                                Arc::new(CaClient::new(client, ca_url.clone())),
                             )),
                             roots: root_store_file(ca)?,
                         }
@@ -203,21 +208,6 @@ pub async fn run(
 ) -> Result<(), Error> {
     let agent = Agent::start(config, listener.local_addr()?).await?;
     agent.serve(listener, shutdown).await
-}
-
-/// The HTTP client for the control plane: HTTPS verified against the Mozilla roots.
-fn control_plane_http() -> Result<reqwest::Client, Error> {
-    let tls = rustls::ClientConfig::builder_with_provider(fluidity_core::pki::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(format!("TLS for the control plane: {e}")))?
-        .with_root_certificates(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        })
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .map_err(|e| Error::Config(format!("HTTP client for the control plane: {e}")))
 }
 
 fn credentials(config: &AgentConfig) -> Result<Credentials, Error> {

@@ -2,9 +2,9 @@
 //! polls Query until a task is ready (a Fargate cold start takes 60–90 s), and a
 //! [`CertIssuer`] that asks the CA endpoint to sign. Kill is called exactly once, on release.
 //!
-//! Requests are JSON over HTTP(S) POST; transient failures (network, 5xx) are retried with
-//! backoff. They are not SigV4-signed yet: that comes with the AWS control plane, and the
-//! local control plane (`fluidity-lambdas serve`) takes them unsigned.
+//! Calls go through [`fluidity_aws::ControlPlaneClient`]: JSON over HTTP(S) POST, retried on
+//! transient failures, SigV4-signed with the default AWS credential chain when the endpoint
+//! is a Function URL or API Gateway, unsigned otherwise (a local `fluidity-lambdas serve`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,27 +12,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use fluidity_aws::ControlPlaneClient;
 use fluidity_core::control::{
-    KillRequest, KillResponse, QueryRequest, QueryResponse, SignRequest, SignResponse, WakeRequest,
-    WakeResponse, status, unwrap_proxy_response,
+    KillRequest, KillResponse, QueryRequest, QueryResponse, WakeRequest, WakeResponse, status,
 };
-use fluidity_core::issue::{CertIssuer, IssuedCertificate};
 use fluidity_core::locate::{ServerInfo, ServerLocator};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
-/// Attempts per request (transient failures only).
-const ATTEMPTS: u32 = 3;
-
 /// The control-plane endpoints and how to call them.
 #[derive(Debug)]
 pub struct ControlPlane {
-    http: reqwest::Client,
+    client: ControlPlaneClient,
     wake: String,
     query: String,
     kill: Option<String>,
-    ca: Option<String>,
     /// The tunnel port on the server (the control plane reports only IPs).
     server_port: u16,
     /// How long to wait for a task to become ready.
@@ -42,83 +37,37 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Endpoints from the config; `http` should verify TLS (Function URLs are HTTPS).
+    /// Endpoints from the config, called through `client`.
     pub fn new(
-        http: reqwest::Client,
+        client: ControlPlaneClient,
         wake: String,
         query: String,
         kill: Option<String>,
-        ca: Option<String>,
         server_port: u16,
         startup_timeout: Duration,
     ) -> Self {
         ControlPlane {
-            http,
+            client,
             wake,
             query,
             kill,
-            ca,
             server_port,
             startup_timeout,
             poll_interval: Duration::from_millis(500),
         }
     }
 
-    /// POSTs `request` to `url` and decodes the answer, retrying transient failures.
+    /// POSTs `request` to `url` and decodes the answer.
     async fn call<Q: Serialize, R: DeserializeOwned>(
         &self,
         what: &str,
         url: &str,
         request: &Q,
     ) -> Result<R, String> {
-        let mut pause = Duration::from_millis(300);
-        let mut attempt = 1;
-        loop {
-            match self.call_once(url, request).await {
-                Ok(answer) => return Ok(answer),
-                Err((retry, e)) if retry && attempt < ATTEMPTS => {
-                    tracing::debug!(what, attempt, error = %e, "control-plane call failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    attempt += 1;
-                }
-                Err((_, e)) => return Err(format!("{what} ({url}): {e}")),
-            }
-        }
-    }
-
-    /// One call; the error says whether retrying makes sense.
-    async fn call_once<Q: Serialize, R: DeserializeOwned>(
-        &self,
-        url: &str,
-        request: &Q,
-    ) -> Result<R, (bool, String)> {
-        let response = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(request).map_err(|e| (false, e.to_string()))?)
-            .timeout(Duration::from_secs(30))
-            .send()
+        self.client
+            .call(what, url, request)
             .await
-            .map_err(|e| (true, e.to_string()))?;
-        let code = response.status();
-        let body = response.bytes().await.map_err(|e| (true, e.to_string()))?;
-        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
-            (
-                code.is_server_error(),
-                format!("HTTP {code}: {}", String::from_utf8_lossy(&body)),
-            )
-        })?;
-        let value = unwrap_proxy_response(value).map_err(|e| (false, e))?;
-        if !code.is_success() || value.get("error").is_some_and(|e| !e.is_null()) {
-            let error = value
-                .get("error")
-                .and_then(|e| e.as_str())
-                .map_or_else(|| value.to_string(), str::to_owned);
-            return Err((code.is_server_error(), format!("HTTP {code}: {error}")));
-        }
-        serde_json::from_value(value).map_err(|e| (false, format!("unexpected answer: {e}")))
+            .map_err(|e| e.to_string())
     }
 
     fn server(
@@ -277,42 +226,5 @@ impl ServerLocator for LambdaLocator {
             .map_err(core_error)?;
         tracing::info!(status = %answer.status, message = %answer.message, "released the server");
         Ok(())
-    }
-}
-
-/// Gets certificates signed by the control plane's CA endpoint.
-#[derive(Debug)]
-pub struct ControlPlaneIssuer {
-    plane: Arc<ControlPlane>,
-}
-
-impl ControlPlaneIssuer {
-    /// An issuer over `plane` (which must have a CA endpoint).
-    pub fn new(plane: Arc<ControlPlane>) -> Self {
-        ControlPlaneIssuer { plane }
-    }
-}
-
-#[async_trait]
-impl CertIssuer for ControlPlaneIssuer {
-    async fn issue(&self, csr_pem: &str) -> fluidity_core::Result<IssuedCertificate> {
-        let url = self.plane.ca.as_deref().ok_or_else(|| {
-            fluidity_core::Error::Issuer("no CA endpoint (ca_service_url) configured".into())
-        })?;
-        let answer: SignResponse = self
-            .plane
-            .call(
-                "CA",
-                url,
-                &SignRequest {
-                    csr: csr_pem.to_owned(),
-                },
-            )
-            .await
-            .map_err(fluidity_core::Error::Issuer)?;
-        Ok(IssuedCertificate {
-            certificate_pem: answer.certificate,
-            chain_pem: answer.chain,
-        })
     }
 }

@@ -137,8 +137,12 @@ pub fn load<T: DeserializeOwned + ConfigKeys>(
 }
 
 /// A flag or environment value as YAML would read it (`8080` a number, `[]` a list, `x` a
-/// string); what YAML cannot read stays a string.
+/// string); what YAML cannot read stays a string, and so does multi-line text (a PEM
+/// certificate in `FLUIDITY_CA_CERT`: YAML would fold its lines into one).
 fn scalar(raw: &str) -> Value {
+    if raw.contains('\n') {
+        return Value::String(raw.to_owned());
+    }
     yaml_serde::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
 }
 
@@ -362,6 +366,13 @@ mod tests {
         assert_eq!(loaded.config.port, 9002, "flags beat the environment");
         let loaded: Loaded<Example> = load(None, env(&[]), &[]).unwrap();
         assert_eq!(loaded.config, Example::default());
+    }
+
+    #[test]
+    fn multi_line_environment_values_stay_verbatim() {
+        const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\nAAAA\n-----END CERTIFICATE-----\n";
+        let loaded: Loaded<Example> = load(None, env(&[("FLUIDITY_NAME", PEM)]), &[]).unwrap();
+        assert_eq!(loaded.config.name, PEM);
     }
 
     #[test]

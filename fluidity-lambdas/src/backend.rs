@@ -1,7 +1,7 @@
 //! What the handlers need from AWS, as small traits: the ECS service and its tasks, and the
-//! server's activity. `aws.rs` implements them with the AWS SDK; tests use fakes.
+//! server's activity, the CA's key. `aws.rs` implements them with the AWS SDK, `local.rs`
+//! with files for self-hosting; tests use fakes.
 
-use std::net::IpAddr;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -19,16 +19,7 @@ pub struct ServiceState {
     pub pending: i32,
 }
 
-/// One RUNNING task of the service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Task {
-    /// The task ARN (the server's identity).
-    pub arn: String,
-    /// Its public IP, once its network interface has one.
-    pub public_ip: Option<IpAddr>,
-    /// When it started.
-    pub started_at: Option<SystemTime>,
-}
+pub use fluidity_aws::tasks::Task;
 
 /// The ECS service the control plane manages (cluster and service fixed by the environment).
 #[async_trait]
@@ -52,6 +43,13 @@ pub struct Activity {
     pub last_activity: Option<SystemTime>,
 }
 
+/// Where the CA's certificate and key come from.
+#[async_trait]
+pub trait CaKeySource: Send + Sync {
+    /// Loads the CA (called once, at the first signing request).
+    async fn load(&self) -> Result<fluidity_core::pki::CertificateAuthority, Error>;
+}
+
 /// Reads the server's activity metrics.
 #[async_trait]
 pub trait ActivityMetrics: Send + Sync {
@@ -64,7 +62,7 @@ pub trait ActivityMetrics: Send + Sync {
 pub fn choose(tasks: &[Task]) -> Option<&Task> {
     tasks
         .iter()
-        .filter(|t| t.public_ip.is_some())
+        .filter(|t| t.is_running() && t.public_ip.is_some())
         .min_by(|a, b| {
             a.started_at
                 .unwrap_or(SystemTime::UNIX_EPOCH)

@@ -1,16 +1,24 @@
 //! The Fluidity control plane: Wake, Query, CA, Sleep and Kill.
 //!
 //! Each function is a plain async handler ([`handlers`]) over small traits ([`backend`]):
-//! the ECS service, the server's activity metrics, the CA. AWS-backed implementations and the
-//! Lambda entry points plug in on top; the handlers are tested with fakes. Cluster and service
+//! the ECS service, the server's activity metrics, the CA's key. [`aws`] implements them with
+//! the AWS SDK and [`local`] with files and the server's `/health`; [`app`] puts them
+//! together, and the binary serves them through the Lambda runtime or over plain HTTP
+//! ([`serve`]). The handlers are tested with fakes. Cluster and service
 //! come from the environment only, never from request bodies.
 //!
 //! AWS SDK crates belong here, never in `fluidity-core`.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod aws;
 pub mod backend;
 pub mod event;
 pub mod handlers;
+pub mod local;
+pub mod serve;
+
+pub use app::{ControlPlane, Function, LocalOverrides, Settings};
 
 pub use fluidity_core;
 
@@ -36,6 +44,9 @@ pub enum Error {
         /// The service.
         service: String,
     },
+    /// The environment or command line is wrong.
+    #[error("configuration: {0}")]
+    Settings(String),
     /// The CA refused or failed.
     #[error(transparent)]
     Ca(#[from] fluidity_core::Error),

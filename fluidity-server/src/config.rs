@@ -30,6 +30,10 @@ pub struct ServerConfig {
     /// CA (`ca_dir`) it defaults to that CA's certificate.
     #[serde(deserialize_with = "optional::deserialize")]
     pub ca_cert_file: Option<PathBuf>,
+    /// The same as PEM text (for containers: `FLUIDITY_CA_CERT`, e.g. injected by ECS from
+    /// the CA secret's `ca_cert` field).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub ca_cert: Option<String>,
     /// Where the server's lazy certificate and key are cached (alias `cert_cache_dir`).
     #[serde(deserialize_with = "optional::deserialize")]
     pub cache_dir: Option<PathBuf>,
@@ -87,6 +91,7 @@ impl Default for ServerConfig {
             cert_file: None,
             key_file: None,
             ca_cert_file: None,
+            ca_cert: None,
             cache_dir: None,
             ca_dir: None,
             ca_service_url: None,
@@ -113,6 +118,7 @@ impl ConfigKeys for ServerConfig {
         "cert_file",
         "key_file",
         "ca_cert_file",
+        "ca_cert",
         "cache_dir",
         "ca_dir",
         "ca_service_url",

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use fluidity_aws::{CaClient, ControlPlaneClient, RequestSigner};
+use fluidity_core::issue::CertIssuer;
 use fluidity_core::pki::local_ca::LocalCa;
 use fluidity_core::pki::server_certs::{ServerCertConfig, ServerCertManager};
 use fluidity_core::pki::{SigningOptions, TlsIdentity, root_store, root_store_file};
@@ -64,24 +66,58 @@ fn arn_acceptor(config: &ServerConfig) -> Result<TlsAcceptor, Error> {
     let server_ip = config
         .server_ip
         .ok_or_else(|| Error::Config("ARN mode needs server_ip (or SERVER_PUBLIC_IP)".into()))?;
-    let Some(ca_dir) = &config.ca_dir else {
-        let hint = if config.ca_service_url.is_some() {
-            "ca_service_url is served by the AWS control plane, which this build does not include yet; "
-        } else {
-            ""
-        };
-        return Err(Error::Config(format!(
-            "{hint}ARN mode needs ca_dir (a local CA directory)"
-        )));
+    // The CA that agents' certificates must chain to: configured, or the local CA's own.
+    let configured_roots = match (&config.ca_cert_file, &config.ca_cert) {
+        (Some(file), _) => Some(root_store_file(file)?),
+        (None, Some(pem)) => Some(root_store("ca_cert", pem.as_bytes())?),
+        (None, None) => None,
     };
-    let ca = Arc::new(LocalCa::open_or_create(ca_dir, SigningOptions::default())?);
-    let roots = match &config.ca_cert_file {
-        Some(file) => root_store_file(file)?,
-        None => root_store("local CA", ca.certificate_pem().as_bytes())?,
+    let (issuer, roots, source): (Arc<dyn CertIssuer>, _, String) = match (
+        &config.ca_dir,
+        &config.ca_service_url,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(
+                "set either ca_dir (a local CA) or ca_service_url (the CA service), not both"
+                    .into(),
+            ));
+        }
+        (Some(ca_dir), None) => {
+            let ca = Arc::new(LocalCa::open_or_create(ca_dir, SigningOptions::default())?);
+            let roots = match configured_roots {
+                Some(roots) => roots,
+                None => root_store("local CA", ca.certificate_pem().as_bytes())?,
+            };
+            (ca, roots, format!("local CA in {}", ca_dir.display()))
+        }
+        (None, Some(url)) => {
+            let roots = configured_roots.ok_or_else(|| {
+                Error::Config(
+                    "ca_service_url also needs the CA certificate: ca_cert_file, or ca_cert \
+                         (PEM text, e.g. FLUIDITY_CA_CERT from the CA secret's ca_cert field)"
+                        .into(),
+                )
+            })?;
+            let client = ControlPlaneClient::new(
+                fluidity_aws::http_client().map_err(|e| Error::Config(e.to_string()))?,
+                Arc::new(RequestSigner::new()),
+            );
+            (
+                Arc::new(CaClient::new(client, url.clone())),
+                roots,
+                format!("CA service {url}"),
+            )
+        }
+        (None, None) => {
+            return Err(Error::Config(
+                "ARN mode needs ca_dir (a local CA directory) or ca_service_url (the CA service)"
+                    .into(),
+            ));
+        }
     };
     let mut cert_config = ServerCertConfig::new(server_arn.clone(), server_ip);
     cert_config.cache_dir = config.cache_dir.as_ref().map(|d| d.join("server"));
-    let manager = Arc::new(ServerCertManager::new(cert_config, ca)?);
-    tracing::info!(%server_arn, %server_ip, ca_dir = %ca_dir.display(), "ARN certificate mode");
+    let manager = Arc::new(ServerCertManager::new(cert_config, issuer)?);
+    tracing::info!(%server_arn, %server_ip, ca = %source, "ARN certificate mode");
     Ok(TlsAcceptor::arn(manager, roots)?)
 }

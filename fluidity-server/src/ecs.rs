@@ -2,8 +2,9 @@
 //!
 //! In order: the config (`server_arn`, `server_ip`), then `SERVER_ARN` / `SERVER_PUBLIC_IP`,
 //! then, on ECS, the task metadata endpoint (`$ECS_CONTAINER_METADATA_URI_V4/task`) for the
-//! ARN. The metadata does not include a Fargate task's *public* IP; on AWS that comes from
-//! the control plane, which reads it from the task's network interface (`docs/security.md`).
+//! ARN and cluster. The metadata does not include a Fargate task's *public* IP, so the server
+//! asks ECS (`DescribeTasks` on its own ARN: the network interface) and EC2
+//! (`DescribeNetworkInterfaces`: its public IP) with the task role's credentials.
 
 use std::time::Duration;
 
@@ -15,28 +16,53 @@ pub async fn discover(
     config: &mut ServerConfig,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(), Error> {
+    let mut ecs_task = None;
     if config.server_arn.is_none() {
         if let Some(arn) = env("SERVER_ARN").filter(|a| !a.is_empty()) {
             config.server_arn = Some(arn);
         } else if let Some(uri) = env("ECS_CONTAINER_METADATA_URI_V4").filter(|u| !u.is_empty()) {
-            let arn = task_arn(&uri).await?;
-            tracing::info!(%arn, "task ARN from the ECS metadata endpoint");
-            config.server_arn = Some(arn);
+            let task = task_metadata(&uri).await?;
+            tracing::info!(arn = %task.arn, cluster = %task.cluster, "task ARN from the ECS metadata endpoint");
+            config.server_arn = Some(task.arn.clone());
+            ecs_task = Some(task);
         }
     }
-    if config.server_ip.is_none()
-        && let Some(ip) = env("SERVER_PUBLIC_IP").filter(|ip| !ip.is_empty())
-    {
-        config.server_ip =
-            Some(ip.parse().map_err(|_| {
+    if config.server_ip.is_none() {
+        if let Some(ip) = env("SERVER_PUBLIC_IP").filter(|ip| !ip.is_empty()) {
+            config.server_ip = Some(ip.parse().map_err(|_| {
                 Error::Config(format!("SERVER_PUBLIC_IP {ip:?} is not an IP address"))
             })?);
+        } else if let Some(task) = ecs_task {
+            let directory = fluidity_aws::tasks::TaskDirectory::from_env().await;
+            let ip = directory
+                .wait_for_public_ip(&task.cluster, &task.arn, PUBLIC_IP_PATIENCE)
+                .await
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "finding this task's public IP through ECS and EC2 (or set SERVER_PUBLIC_IP): {e}"
+                    ))
+                })?;
+            tracing::info!(%ip, "public IP from the task's network interface");
+            config.server_ip = Some(ip);
+        }
     }
     Ok(())
 }
 
-/// `TaskARN` from `<metadata>/task`.
-pub async fn task_arn(metadata_uri: &str) -> Result<String, Error> {
+/// How long a starting task waits for its network interface to get a public IP.
+const PUBLIC_IP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// This task, as its metadata endpoint describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskMetadata {
+    /// `TaskARN`.
+    pub arn: String,
+    /// `Cluster` (a name or an ARN; ECS accepts both).
+    pub cluster: String,
+}
+
+/// `TaskARN` and `Cluster` from `<metadata>/task`.
+pub async fn task_metadata(metadata_uri: &str) -> Result<TaskMetadata, Error> {
     let url = format!("{}/task", metadata_uri.trim_end_matches('/'));
     let failed = |reason: String| Error::Config(format!("ECS task metadata ({url}): {reason}"));
     // reqwest has no crypto provider of its own here: always hand it the aws-lc-rs config.
@@ -56,10 +82,17 @@ pub async fn task_arn(metadata_uri: &str) -> Result<String, Error> {
     let bytes = response.bytes().await.map_err(|e| failed(e.to_string()))?;
     let body: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| failed(format!("not JSON: {e}")))?;
-    body.get("TaskARN")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned)
-        .ok_or_else(|| failed("no TaskARN in the answer".into()))
+    let field = |name: &str| {
+        body.get(name)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| failed(format!("no {name} in the answer")))
+    };
+    Ok(TaskMetadata {
+        arn: field("TaskARN")?,
+        cluster: field("Cluster")?,
+    })
 }
 
 #[cfg(test)]

@@ -134,6 +134,11 @@ impl LocalCa {
     pub fn authority(&self) -> &CertificateAuthority {
         &self.authority
     }
+
+    /// The signing logic, owned (a control plane that applies its own policy).
+    pub fn into_authority(self) -> CertificateAuthority {
+        self.authority
+    }
 }
 
 #[async_trait]

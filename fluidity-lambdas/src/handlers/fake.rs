@@ -18,6 +18,7 @@ pub(crate) struct FakeEcs {
 pub(crate) fn task(arn: &str, ip: Option<&str>, started_secs: u64) -> Task {
     Task {
         arn: arn.into(),
+        last_status: "RUNNING".into(),
         public_ip: ip.map(|ip| ip.parse().unwrap()),
         started_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(started_secs)),
     }

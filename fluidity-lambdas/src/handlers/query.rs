@@ -21,7 +21,8 @@ pub async fn query(ecs: &dyn EcsService) -> Result<QueryResponse, Error> {
             "the service is stopped: call Wake",
         ));
     }
-    if state.running > 0 {
+    // Tasks are listed whenever one is wanted: ECS's running count lags behind its tasks.
+    {
         let tasks = ecs.running_tasks().await?;
         if let Some(task) = choose(&tasks) {
             return Ok(QueryResponse {
@@ -31,10 +32,12 @@ pub async fn query(ecs: &dyn EcsService) -> Result<QueryResponse, Error> {
                 server_arn: Some(task.arn.clone()),
             });
         }
-        return Ok(answer(
-            status::PENDING,
-            "a task runs but has no public IP yet",
-        ));
+        if !tasks.is_empty() {
+            return Ok(answer(
+                status::PENDING,
+                "a task runs but has no public IP yet",
+            ));
+        }
     }
     if state.pending > 0 {
         return Ok(answer(status::PENDING, "a task is starting"));

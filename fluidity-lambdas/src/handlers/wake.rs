@@ -40,7 +40,8 @@ pub async fn wake(
         agent_public_ip_as_seen: caller_ip.map(|ip| ip.to_string()),
         ..WakeResponse::default()
     };
-    if state.running > 0 {
+    // Tasks are listed whenever one is wanted: ECS's running count lags behind its tasks.
+    if state.desired > 0 {
         let tasks = ecs.running_tasks().await?;
         if let Some(task) = choose(&tasks) {
             response.status = status::READY.into();

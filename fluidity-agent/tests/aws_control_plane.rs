@@ -1,0 +1,411 @@
+//! The AWS control plane end to end on loopback, against a real local AWS endpoint (moto):
+//!
+//! moto holds an ECS cluster, a Fargate service scaled to zero and the CA in Secrets Manager.
+//! `fluidity-lambdas serve` runs the five functions against it. Wake scales the service up;
+//! the test plays ECS by starting the task (moto starts none) and giving its network
+//! interface the Elastic IP 127.0.0.1. Query then reports that task. A `fluidity-server`
+//! finds its ARN at a fixture metadata endpoint and its public IP through ECS and EC2, and
+//! gets its certificate from the CA function; `fluidity-agent`, given only the control-plane
+//! URLs and the CA certificate, wakes, waits, gets its own certificate and carries curl's
+//! requests. Then Sleep keeps the busy server, Kill keeps it for a second agent, and the last
+//! agent's Kill stops it.
+//!
+//! Needs `python3` with `moto[server]` (`pip install 'moto[server]'`; `.ci/run` installs it) and the workspace's binaries (`cargo test --workspace` builds them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fluidity_core::pki::{CertificateAuthority, KeyAlgorithm, SigningOptions};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+const CLUSTER: &str = "fluidity";
+const SERVICE: &str = "fluidity-server";
+const SECRET: &str = "fluidity/ca-certificate";
+
+fn binary(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_fluidity-agent")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr).await;
+            }
+            panic!("{what} exited with {status}: {stderr}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what} never listened on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The AWS environment every process gets: moto's endpoint and dummy credentials, and
+/// nothing from the developer's own AWS setup.
+fn aws_env(command: &mut Command, endpoint: &str) {
+    for key in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"] {
+        command.env_remove(key);
+    }
+    command
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("ECS_CLUSTER_NAME", CLUSTER)
+        .env("ECS_SERVICE_NAME", SERVICE)
+        .env("RUST_LOG", "info");
+}
+
+/// Runs the moto fixture script; returns its JSON answer.
+fn fixture(endpoint: &str, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto/fixture.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .expect("python3 must be installed");
+    assert!(
+        output.status.success(),
+        "fixture {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// POSTs `body` to the local control plane; returns the status and the JSON answer.
+async fn call(plane: u16, function: &str, body: Value) -> (u16, Value) {
+    let (ok, out, err) = support::curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &body.to_string(),
+        "-w",
+        "\n%{http_code}",
+        &format!("http://127.0.0.1:{plane}/{function}"),
+    ])
+    .await;
+    assert!(ok, "curl to /{function}: {err}");
+    let text = String::from_utf8(out).unwrap();
+    let (json, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), serde_json::from_str(json).unwrap())
+}
+
+/// An ECS task metadata endpoint (v4) describing one task.
+async fn metadata_endpoint(task_arn: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let body =
+                json!({"Cluster": CLUSTER, "TaskARN": task_arn, "Family": SERVICE}).to_string();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{address}/v4/fixture")
+}
+
+fn desired(endpoint: &str) -> i64 {
+    fixture(endpoint, &["desired", CLUSTER, SERVICE])["desired"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Starts an agent configured with the control plane only; returns it and its proxy port.
+async fn start_agent(
+    dir: &Path,
+    name: &str,
+    plane: u16,
+    server_port: u16,
+    endpoint: &str,
+) -> (Child, u16) {
+    let port = free_port();
+    let url = |function: &str| format!("http://127.0.0.1:{plane}/{function}");
+    let mut command = Command::new(binary("fluidity-agent"));
+    command
+        .args(["--local-proxy-port", &port.to_string(), "--cache-dir"])
+        .arg(dir.join(name))
+        .env("FLUIDITY_WAKE_ENDPOINT", url("wake"))
+        .env("FLUIDITY_QUERY_ENDPOINT", url("query"))
+        .env("FLUIDITY_KILL_ENDPOINT", url("kill"))
+        .env("FLUIDITY_CA_SERVICE_URL", url("ca"))
+        .env("FLUIDITY_CA_CERT_FILE", dir.join("ca.crt"))
+        .env("FLUIDITY_SERVER_PORT", server_port.to_string());
+    aws_env(&mut command, endpoint);
+    let mut agent = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut agent, name).await;
+    (agent, port)
+}
+
+async fn sigterm(child: &mut Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_query_connect_sleep_and_kill_against_a_local_aws() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, key_pem) = CertificateAuthority::generate(
+        "Fluidity Test CA",
+        Duration::from_secs(86400),
+        KeyAlgorithm::EcdsaP256,
+        SigningOptions::default(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ca.crt"), ca.certificate_pem()).unwrap();
+    std::fs::write(dir.path().join("ca.key"), &key_pem).unwrap();
+
+    // moto, with the cluster, the stopped service and the CA secret.
+    let moto_port = free_port();
+    let moto_server = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto/server.py");
+    let mut moto = Command::new("python3")
+        .arg(moto_server)
+        .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 must be installed");
+    wait_for_port(moto_port, &mut moto, "moto_server").await;
+    let endpoint = format!("http://127.0.0.1:{moto_port}");
+    let ca_cert = dir.path().join("ca.crt");
+    let ca_key = dir.path().join("ca.key");
+    fixture(
+        &endpoint,
+        &[
+            "setup",
+            CLUSTER,
+            SERVICE,
+            SECRET,
+            ca_cert.to_str().unwrap(),
+            ca_key.to_str().unwrap(),
+        ],
+    );
+
+    // The control plane, signing with the CA from Secrets Manager and reading activity from
+    // the server's /health.
+    let plane = free_port();
+    let health = free_port();
+    let mut command = Command::new(binary("fluidity-lambdas"));
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{plane}")])
+        .args([
+            "--activity-url",
+            &format!("http://127.0.0.1:{health}/health"),
+        ])
+        .env("CA_SECRET_NAME", SECRET);
+    aws_env(&mut command, &endpoint);
+    let mut control = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(plane, &mut control, "fluidity-lambdas serve").await;
+
+    // Wake is idempotent; Query waits for the task.
+    let (code, answer) = call(plane, "query", json!({"instance_id": "x"})).await;
+    assert_eq!(
+        (code, answer["status"].as_str()),
+        (200, Some("negative")),
+        "{answer}"
+    );
+    let (code, answer) = call(plane, "wake", json!({})).await;
+    assert_eq!(
+        (code, answer["status"].as_str()),
+        (200, Some("waking")),
+        "{answer}"
+    );
+    assert_eq!(answer["agent_public_ip_as_seen"], "127.0.0.1");
+    for _ in 0..3 {
+        let (_, again) = call(plane, "wake", json!({})).await;
+        assert_eq!(again["status"], "starting", "{again}");
+    }
+    assert_eq!(desired(&endpoint), 1, "several Wakes, one task wanted");
+    let (_, answer) = call(plane, "query", json!({})).await;
+    assert_eq!(answer["status"], "pending", "{answer}");
+
+    // ECS starts the task; its interface gets the public IP 127.0.0.1.
+    let task = fixture(&endpoint, &["start-task", CLUSTER, SERVICE, "127.0.0.1"]);
+    let task_arn = task["task_arn"].as_str().unwrap().to_owned();
+    let (_, answer) = call(plane, "query", json!({})).await;
+    assert_eq!(answer["status"], "ready", "{answer}");
+    assert_eq!(answer["server_arn"], task_arn.as_str());
+    assert_eq!(answer["public_ip"], "127.0.0.1");
+
+    // The CA refuses a certificate for a task that is not running.
+    let stranger = fluidity_core::pki::keys::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let csr = fluidity_core::pki::csr::build(
+        &stranger,
+        "arn:aws:ecs:us-east-1:123456789012:task/fluidity/not-running",
+        &["127.0.0.1".parse().unwrap()],
+    )
+    .unwrap();
+    let (code, answer) = call(plane, "ca", json!({"csr": csr})).await;
+    assert_eq!(code, 403, "{answer}");
+
+    // The server, as ECS would start it: the ARN from task metadata, the public IP from ECS
+    // and EC2, the CA certificate from the environment, its own certificate from the CA.
+    let server_port = free_port();
+    let mut command = Command::new(binary("fluidity-server"));
+    command
+        .args(["--listen-port", &server_port.to_string()])
+        .env(
+            "ECS_CONTAINER_METADATA_URI_V4",
+            metadata_endpoint(task_arn.clone()).await,
+        )
+        .env("FLUIDITY_LISTEN_ADDR", "127.0.0.1")
+        .env(
+            "FLUIDITY_CA_SERVICE_URL",
+            format!("http://127.0.0.1:{plane}/ca"),
+        )
+        .env("FLUIDITY_CA_CERT", ca.certificate_pem())
+        .env("FLUIDITY_CACHE_DIR", dir.path().join("server"))
+        .env("FLUIDITY_HEALTH_ADDR", format!("127.0.0.1:{health}"))
+        .env("FLUIDITY_EGRESS_DENY", "[]");
+    aws_env(&mut command, &endpoint);
+    let mut server = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(server_port, &mut server, "fluidity-server").await;
+
+    // An agent that knows only the control plane carries curl's request.
+    let origin = support::http_origin().await;
+    let (mut first, first_port) =
+        start_agent(dir.path(), "agent-1", plane, server_port, &endpoint).await;
+    let (ok, body, err) = support::curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{first_port}"),
+        &format!("http://{origin}/hello"),
+    ])
+    .await;
+    assert!(ok, "curl through the agent: {err}");
+    assert_eq!(body, b"hello from origin");
+    let agent_cert = std::fs::read(dir.path().join("agent-1/agent.crt")).unwrap();
+    let der = CertificateDer::from_pem_slice(&agent_cert).unwrap();
+    let info = fluidity_core::pki::CertificateInfo::parse(&der).unwrap();
+    assert_eq!(
+        info.arn(),
+        Some(task_arn.as_str()),
+        "certificate bound to the task"
+    );
+
+    // Sleep keeps a server that just moved bytes.
+    let (_, answer) = call(plane, "sleep", json!({})).await;
+    assert_eq!(answer["action"], "no_change", "{answer}");
+    assert!(
+        answer["idleDurationSeconds"].as_u64().unwrap() < 60,
+        "{answer}"
+    );
+
+    // A second agent: nobody's Kill stops the server while another tunnel is open.
+    let (mut second, second_port) =
+        start_agent(dir.path(), "agent-2", plane, server_port, &endpoint).await;
+    let (ok, _, err) = support::curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{second_port}"),
+        &format!("http://{origin}/hello"),
+    ])
+    .await;
+    assert!(ok, "curl through the second agent: {err}");
+    let (_, answer) = call(plane, "kill", json!({})).await;
+    assert_eq!(answer["status"], "kept", "{answer}");
+    sigterm(&mut second).await;
+    assert_eq!(
+        desired(&endpoint),
+        1,
+        "the second agent's Kill keeps the first one's server"
+    );
+
+    // The first agent's tunnel is the only one left: its Kill stops the service.
+    let started = Instant::now();
+    loop {
+        let (_, health) = call_health(health).await;
+        if health["tunnels"] == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sigterm(&mut first).await;
+    assert_eq!(
+        desired(&endpoint),
+        0,
+        "the last agent's Kill stops the server"
+    );
+    let (_, answer) = call(plane, "query", json!({})).await;
+    assert_eq!(answer["status"], "negative", "{answer}");
+    let (_, answer) = call(plane, "sleep", json!({})).await;
+    assert_eq!(answer["action"], "no_change", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("already stopped")
+    );
+}
+
+async fn call_health(port: u16) -> (bool, Value) {
+    let (ok, out, _) = support::curl(&[&format!("http://127.0.0.1:{port}/health")]).await;
+    (ok, serde_json::from_slice(&out).unwrap_or(Value::Null))
+}

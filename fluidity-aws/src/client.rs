@@ -1,0 +1,206 @@
+//! JSON calls to the control plane (Wake, Query, Kill, CA): POST, SigV4 when the endpoint is
+//! on AWS, retried with backoff when the failure is transient (network, 5xx), and the Go
+//! functions' proxy-wrapped answers unwrapped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fluidity_core::control::{SignRequest, SignResponse, unwrap_proxy_response};
+use fluidity_core::issue::{CertIssuer, IssuedCertificate};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+use crate::sign::RequestSigner;
+
+/// Attempts per call (transient failures only).
+const ATTEMPTS: u32 = 3;
+/// Deadline of one attempt.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer read (a CA answer with its chain is a few KiB).
+const MAX_ANSWER: usize = 1 << 20;
+
+/// An HTTP client for control-plane calls: HTTPS verified against the Mozilla roots, with
+/// aws-lc-rs (reqwest is built without a crypto provider of its own).
+pub fn http_client() -> Result<reqwest::Client, Error> {
+    let failed = |e: String| Error::Unexpected(format!("HTTP client for the control plane: {e}"));
+    let tls = rustls::ClientConfig::builder_with_provider(fluidity_core::pki::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(e.to_string()))?
+        .with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| failed(e.to_string()))
+}
+
+/// Calls control-plane endpoints.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneClient {
+    http: reqwest::Client,
+    signer: Arc<RequestSigner>,
+}
+
+impl ControlPlaneClient {
+    /// A client over `http` (which should verify TLS: Function URLs are HTTPS) that signs
+    /// with `signer`.
+    pub fn new(http: reqwest::Client, signer: Arc<RequestSigner>) -> Self {
+        ControlPlaneClient { http, signer }
+    }
+
+    /// POSTs `request` to `url` and decodes the answer; `what` names the call in errors.
+    pub async fn call<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        what: &str,
+        url: &str,
+        request: &Q,
+    ) -> Result<R, Error> {
+        let failed = |reason: String| Error::Call {
+            what: what.to_owned(),
+            url: url.to_owned(),
+            reason,
+        };
+        let body = serde_json::to_vec(request).map_err(|e| failed(e.to_string()))?;
+        let mut pause = Duration::from_millis(300);
+        let mut attempt = 1;
+        loop {
+            match self.call_once(url, &body).await {
+                Ok(answer) => {
+                    return serde_json::from_value(answer)
+                        .map_err(|e| failed(format!("unexpected answer: {e}")));
+                }
+                Err(Failure::Transient(e)) if attempt < ATTEMPTS => {
+                    tracing::debug!(what, attempt, error = %e, "control-plane call failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(Failure::Transient(e) | Failure::Final(e)) => return Err(failed(e)),
+                Err(Failure::Signing(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn call_once(&self, url: &str, body: &[u8]) -> Result<serde_json::Value, Failure> {
+        const CONTENT_TYPE: &str = "application/json";
+        let signed = self
+            .signer
+            .sign(url, &[("content-type", CONTENT_TYPE)], body)
+            .await
+            .map_err(Failure::Signing)?;
+        let mut request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(body.to_vec())
+            .timeout(CALL_TIMEOUT);
+        for (name, value) in &signed {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| Failure::Transient(error_chain(&e)))?;
+        let code = response.status();
+        let mut answer = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| Failure::Transient(error_chain(&e)))?
+        {
+            if answer.len() + chunk.len() > MAX_ANSWER {
+                return Err(Failure::Final(format!(
+                    "HTTP {code}: answer larger than {MAX_ANSWER} bytes"
+                )));
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        let classify = |reason: String| {
+            if code.is_server_error() || code == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                Failure::Transient(reason)
+            } else {
+                Failure::Final(reason)
+            }
+        };
+        let value: serde_json::Value = serde_json::from_slice(&answer).map_err(|_| {
+            classify(format!(
+                "HTTP {code}: {}",
+                String::from_utf8_lossy(&answer[..answer.len().min(512)])
+            ))
+        })?;
+        let value = unwrap_proxy_response(value).map_err(Failure::Final)?;
+        // Lambda's own errors say `message` (e.g. a Function URL refusing a bad signature).
+        let error = value
+            .get("error")
+            .or_else(|| value.get("Message").or_else(|| value.get("message")))
+            .filter(|e| !e.is_null());
+        if !code.is_success() {
+            let reason = error
+                .and_then(|e| e.as_str())
+                .map_or_else(|| value.to_string(), str::to_owned);
+            return Err(classify(format!("HTTP {code}: {reason}")));
+        }
+        if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
+            return Err(Failure::Final(format!("HTTP {code}: {error}")));
+        }
+        Ok(value)
+    }
+}
+
+/// How one attempt failed.
+enum Failure {
+    /// Worth retrying.
+    Transient(String),
+    /// Not worth retrying.
+    Final(String),
+    /// The request could not be signed (no credentials): not worth retrying.
+    Signing(Error),
+}
+
+/// An error with its causes (reqwest's `Display` omits them).
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Gets certificates signed by the control plane's CA endpoint.
+#[derive(Debug, Clone)]
+pub struct CaClient {
+    client: ControlPlaneClient,
+    url: String,
+}
+
+impl CaClient {
+    /// An issuer that calls the CA at `url`.
+    pub fn new(client: ControlPlaneClient, url: String) -> Self {
+        CaClient { client, url }
+    }
+}
+
+#[async_trait]
+impl CertIssuer for CaClient {
+    async fn issue(&self, csr_pem: &str) -> fluidity_core::Result<IssuedCertificate> {
+        let request = SignRequest {
+            csr: csr_pem.to_owned(),
+        };
+        let answer: SignResponse = self
+            .client
+            .call("CA", &self.url, &request)
+            .await
+            .map_err(|e| fluidity_core::Error::Issuer(e.to_string()))?;
+        Ok(IssuedCertificate {
+            certificate_pem: answer.certificate,
+            chain_pem: answer.chain,
+        })
+    }
+}

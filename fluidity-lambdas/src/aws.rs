@@ -1,0 +1,244 @@
+//! The backend traits over the AWS SDK: ECS (+ EC2 for public IPs), CloudWatch and Secrets
+//! Manager.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+use fluidity_aws::tasks::TaskDirectory;
+use fluidity_core::pki::{CertificateAuthority, SigningOptions};
+
+use crate::Error;
+use crate::backend::{Activity, ActivityMetrics, CaKeySource, EcsService, ServiceState, Task};
+
+/// An AWS SDK error with its causes, as a backend error.
+fn failed(context: &'static str, error: &(dyn std::error::Error + 'static)) -> Error {
+    Error::backend(context, fluidity_aws::Error::aws(context, error))
+}
+
+/// The ECS service named by the environment.
+#[derive(Debug, Clone)]
+pub struct AwsEcs {
+    tasks: TaskDirectory,
+    cluster: String,
+    service: String,
+}
+
+impl AwsEcs {
+    /// The service `service` in `cluster`.
+    pub fn new(tasks: TaskDirectory, cluster: String, service: String) -> Self {
+        AwsEcs {
+            tasks,
+            cluster,
+            service,
+        }
+    }
+}
+
+#[async_trait]
+impl EcsService for AwsEcs {
+    fn names(&self) -> (&str, &str) {
+        (&self.cluster, &self.service)
+    }
+
+    async fn state(&self) -> Result<Option<ServiceState>, Error> {
+        let answer = self
+            .tasks
+            .ecs()
+            .describe_services()
+            .cluster(&self.cluster)
+            .services(&self.service)
+            .send()
+            .await
+            .map_err(|e| failed("ecs:DescribeServices", &e))?;
+        // A deleted service stays listed for a while as INACTIVE.
+        Ok(answer
+            .services()
+            .iter()
+            .find(|s| s.status() != Some("INACTIVE"))
+            .map(|s| ServiceState {
+                desired: s.desired_count(),
+                running: s.running_count(),
+                pending: s.pending_count(),
+            }))
+    }
+
+    async fn set_desired(&self, count: i32) -> Result<(), Error> {
+        self.tasks
+            .ecs()
+            .update_service()
+            .cluster(&self.cluster)
+            .service(&self.service)
+            .desired_count(count)
+            .send()
+            .await
+            .map_err(|e| failed("ecs:UpdateService", &e))?;
+        Ok(())
+    }
+
+    async fn running_tasks(&self) -> Result<Vec<Task>, Error> {
+        let (cluster, service) = (&self.cluster, &self.service);
+        let arns = self
+            .tasks
+            .service_task_arns(cluster, service)
+            .await
+            .map_err(|e| Error::backend("listing the service's tasks", e))?;
+        let mut tasks = self
+            .tasks
+            .describe(cluster, &arns)
+            .await
+            .map_err(|e| Error::backend("describing the service's tasks", e))?;
+        tasks.retain(Task::is_running);
+        Ok(tasks)
+    }
+}
+
+/// The server's activity from CloudWatch: the metrics its EMF log lines create
+/// (`ActiveTunnels`, `LastActivityEpochSeconds`, dimensions `ClusterName`, `ServiceName`).
+#[derive(Debug, Clone)]
+pub struct CloudWatchActivity {
+    client: aws_sdk_cloudwatch::Client,
+    namespace: String,
+    cluster: String,
+    service: String,
+}
+
+impl CloudWatchActivity {
+    /// Metrics in `namespace` for the service.
+    pub fn new(
+        client: aws_sdk_cloudwatch::Client,
+        namespace: String,
+        cluster: String,
+        service: String,
+    ) -> Self {
+        CloudWatchActivity {
+            client,
+            namespace,
+            cluster,
+            service,
+        }
+    }
+
+    fn query(&self, id: &str, metric: &str) -> MetricDataQuery {
+        let dimension =
+            |name: &str, value: &str| Dimension::builder().name(name).value(value).build();
+        let stat = MetricStat::builder()
+            .metric(
+                Metric::builder()
+                    .namespace(&self.namespace)
+                    .metric_name(metric)
+                    .dimensions(dimension("ClusterName", &self.cluster))
+                    .dimensions(dimension("ServiceName", &self.service))
+                    .build(),
+            )
+            .period(60)
+            .stat("Maximum")
+            .build();
+        MetricDataQuery::builder()
+            .id(id)
+            .metric_stat(stat)
+            .return_data(true)
+            .build()
+    }
+}
+
+#[async_trait]
+impl ActivityMetrics for CloudWatchActivity {
+    async fn activity(&self, lookback: Duration) -> Result<Activity, Error> {
+        let now = SystemTime::now();
+        let answer = self
+            .client
+            .get_metric_data()
+            .metric_data_queries(self.query("tunnels", "ActiveTunnels"))
+            .metric_data_queries(self.query("last_activity", "LastActivityEpochSeconds"))
+            .start_time((now - lookback).into())
+            .end_time(now.into())
+            .scan_by(aws_sdk_cloudwatch::types::ScanBy::TimestampDescending)
+            .send()
+            .await
+            .map_err(|e| failed("cloudwatch:GetMetricData", &e))?;
+        let mut activity = Activity::default();
+        for result in answer.metric_data_results() {
+            // Newest first (TimestampDescending).
+            let values = result.values();
+            match result.id() {
+                Some("tunnels") => activity.active_tunnels = values.first().copied(),
+                Some("last_activity") => {
+                    activity.last_activity = values
+                        .iter()
+                        .copied()
+                        .filter(|v| v.is_finite() && *v > 0.0)
+                        .reduce(f64::max)
+                        .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64));
+                }
+                _ => {}
+            }
+        }
+        Ok(activity)
+    }
+}
+
+/// The CA from a Secrets Manager secret holding `{"ca_cert": PEM, "ca_key": PEM}` (the Go
+/// deployment's format; the key may be PKCS#1, PKCS#8 or SEC1).
+#[derive(Debug, Clone)]
+pub struct SecretsManagerCa {
+    client: aws_sdk_secretsmanager::Client,
+    secret: String,
+    options: SigningOptions,
+}
+
+impl SecretsManagerCa {
+    /// The CA in `secret` (a name or ARN).
+    pub fn new(
+        client: aws_sdk_secretsmanager::Client,
+        secret: String,
+        options: SigningOptions,
+    ) -> Self {
+        SecretsManagerCa {
+            client,
+            secret,
+            options,
+        }
+    }
+}
+
+/// The secret's JSON.
+#[derive(serde::Deserialize)]
+struct CaSecret {
+    ca_cert: String,
+    ca_key: String,
+}
+
+#[async_trait]
+impl CaKeySource for SecretsManagerCa {
+    async fn load(&self) -> Result<CertificateAuthority, Error> {
+        let answer = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.secret)
+            .send()
+            .await
+            .map_err(|e| failed("secretsmanager:GetSecretValue", &e))?;
+        let text = answer.secret_string().ok_or_else(|| {
+            Error::backend(
+                "reading the CA secret",
+                format!("{} has no SecretString", self.secret),
+            )
+        })?;
+        // The secret's text is never logged or echoed: it holds the CA key.
+        let secret: CaSecret = serde_json::from_str(text).map_err(|_| {
+            Error::backend(
+                "reading the CA secret",
+                format!(
+                    "{} is not JSON with string fields ca_cert and ca_key",
+                    self.secret
+                ),
+            )
+        })?;
+        Ok(CertificateAuthority::from_pem(
+            &secret.ca_cert,
+            &secret.ca_key,
+            self.options.clone(),
+        )?)
+    }
+}
