@@ -87,6 +87,23 @@ fn aws_env(command: &mut Command, endpoint: &str) {
         .env("RUST_LOG", "info");
 }
 
+/// moto on a free loopback port (with the fix in `tests/moto/server.py`); returns the process
+/// and its endpoint.
+async fn start_moto() -> (Child, String) {
+    let port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto/server.py");
+    let mut moto = Command::new("python3")
+        .arg(script)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 must be installed");
+    wait_for_port(port, &mut moto, "moto (pip install 'moto[server]')").await;
+    (moto, format!("http://127.0.0.1:{port}"))
+}
+
 /// Runs the moto fixture script; returns its JSON answer.
 fn fixture(endpoint: &str, args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto/fixture.py");
@@ -213,18 +230,7 @@ async fn wake_query_connect_sleep_and_kill_against_a_local_aws() {
     std::fs::write(dir.path().join("ca.key"), &key_pem).unwrap();
 
     // moto, with the cluster, the stopped service and the CA secret.
-    let moto_port = free_port();
-    let moto_server = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto/server.py");
-    let mut moto = Command::new("python3")
-        .arg(moto_server)
-        .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 must be installed");
-    wait_for_port(moto_port, &mut moto, "moto_server").await;
-    let endpoint = format!("http://127.0.0.1:{moto_port}");
+    let (_moto, endpoint) = start_moto().await;
     let ca_cert = dir.path().join("ca.crt");
     let ca_key = dir.path().join("ca.key");
     fixture(
@@ -408,4 +414,159 @@ async fn wake_query_connect_sleep_and_kill_against_a_local_aws() {
 async fn call_health(port: u16) -> (bool, Value) {
     let (ok, out, _) = support::curl(&[&format!("http://127.0.0.1:{port}/health")]).await;
     (ok, serde_json::from_slice(&out).unwrap_or(Value::Null))
+}
+
+/// A Lambda Runtime API on loopback: hands out `events` one by one and collects the answers
+/// (what Lambda does around a custom runtime's `bootstrap`).
+async fn runtime_api(events: Vec<Value>) -> (u16, tokio::sync::mpsc::Receiver<(String, Value)>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let events = std::sync::Arc::new(tokio::sync::Mutex::new(events.into_iter().enumerate()));
+    let (answers, received) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (events, answers) = (events.clone(), answers.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let (events, answers) = (events.clone(), answers.clone());
+                        async move {
+                            let path = request.uri().path().to_owned();
+                            if path.ends_with("/invocation/next") {
+                                let next = events.lock().await.next();
+                                let Some((index, event)) = next else {
+                                    // No more work: hold the call as Lambda does between invocations.
+                                    std::future::pending::<()>().await;
+                                    unreachable!()
+                                };
+                                let deadline = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .unwrap()
+                                    .as_millis()
+                                    + 30_000;
+                                return Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("lambda-runtime-aws-request-id", format!("request-{index}"))
+                                    .header("lambda-runtime-deadline-ms", deadline.to_string())
+                                    .header(
+                                        "lambda-runtime-invoked-function-arn",
+                                        "arn:aws:lambda:us-east-1:123456789012:function:fluidity-wake",
+                                    )
+                                    .header("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000")
+                                    .body(Full::new(Bytes::from(event.to_string())))
+                                    .unwrap(),
+                            );
+                            }
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            answers.send((path, value)).await.unwrap();
+                            Ok(hyper::Response::builder()
+                                .status(202)
+                                .body(Full::new(Bytes::new()))
+                                .unwrap())
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, received)
+}
+
+/// The Lambda entry point: the same binary, in a Lambda environment, runs the function its
+/// handler setting names, and answers Function URL, API Gateway and malformed events the way
+/// the Go functions did (the proxy wrapper).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_as_a_lambda_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, key_pem) = CertificateAuthority::generate(
+        "Fluidity Test CA",
+        Duration::from_secs(86400),
+        KeyAlgorithm::EcdsaP256,
+        SigningOptions::default(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ca.crt"), ca.certificate_pem()).unwrap();
+    std::fs::write(dir.path().join("ca.key"), &key_pem).unwrap();
+    let (_moto, endpoint) = start_moto().await;
+    fixture(
+        &endpoint,
+        &[
+            "setup",
+            CLUSTER,
+            SERVICE,
+            SECRET,
+            dir.path().join("ca.crt").to_str().unwrap(),
+            dir.path().join("ca.key").to_str().unwrap(),
+        ],
+    );
+
+    let function_url_event = json!({
+        "version": "2.0",
+        "rawPath": "/",
+        "requestContext": {"http": {"method": "POST", "sourceIp": "198.51.100.7"}},
+        "body": "{}",
+        "isBase64Encoded": false
+    });
+    let api_gateway_event = json!({
+        "resource": "/wake",
+        "requestContext": {"identity": {"sourceIp": "203.0.113.9"}},
+        "body": "e30=",
+        "isBase64Encoded": true
+    });
+    let broken_event = json!({"requestContext": {}, "body": "{not json"});
+    let (api, mut answers) =
+        runtime_api(vec![function_url_event, api_gateway_event, broken_event]).await;
+
+    let mut command = Command::new(binary("fluidity-lambdas"));
+    command
+        .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{api}"))
+        .env("_HANDLER", "wake")
+        .env("AWS_LAMBDA_FUNCTION_NAME", "fluidity-wake")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/fluidity-wake")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "test");
+    aws_env(&mut command, &endpoint);
+    let _lambda = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(30), answers.recv())
+            .await
+            .expect("the function answers")
+            .unwrap()
+    };
+    let (path, answer) = next().await;
+    assert_eq!(path, "/2018-06-01/runtime/invocation/request-0/response");
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    let body: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["status"], "waking", "{body}");
+    assert_eq!(body["agent_public_ip_as_seen"], "198.51.100.7");
+    assert_eq!(desired(&endpoint), 1);
+
+    let (path, answer) = next().await;
+    assert_eq!(path, "/2018-06-01/runtime/invocation/request-1/response");
+    let body: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["status"], "starting", "Wake is idempotent: {body}");
+    assert_eq!(body["agent_public_ip_as_seen"], "203.0.113.9");
+
+    let (_, answer) = next().await;
+    assert_eq!(answer["statusCode"], 400, "{answer}");
+    assert!(
+        answer["body"].as_str().unwrap().contains("Invalid JSON"),
+        "{answer}"
+    );
+    assert_eq!(desired(&endpoint), 1);
 }

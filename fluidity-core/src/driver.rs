@@ -142,10 +142,10 @@ impl State {
     }
 
     fn set_reply(&mut self, id: StreamId, result: std::result::Result<Reply, String>) {
-        if let Some(slot) = self.replies.get_mut(&id) {
-            if let ReplyState::Waiting(waker) = std::mem::replace(slot, ReplyState::Done(result)) {
-                waker.into_iter().for_each(Waker::wake);
-            }
+        if let Some(slot) = self.replies.get_mut(&id)
+            && let ReplyState::Waiting(waker) = std::mem::replace(slot, ReplyState::Done(result))
+        {
+            waker.into_iter().for_each(Waker::wake);
         }
     }
 

@@ -242,3 +242,127 @@ impl CaKeySource for SecretsManagerCa {
         )?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! CloudWatch and Secrets Manager through aws-smithy-mocks (moto cannot serve CloudWatch
+    //! to the Rust SDK); ECS and EC2 run against moto in `fluidity-agent/tests`.
+    #![allow(clippy::unwrap_used)]
+
+    use aws_sdk_cloudwatch::operation::get_metric_data::{GetMetricDataError, GetMetricDataOutput};
+    use aws_sdk_cloudwatch::types::MetricDataResult;
+    use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use fluidity_core::pki::KeyAlgorithm;
+
+    use super::*;
+
+    fn activity_over(client: aws_sdk_cloudwatch::Client) -> CloudWatchActivity {
+        CloudWatchActivity::new(client, "Fluidity".into(), "prod".into(), "tunnel".into())
+    }
+
+    #[tokio::test]
+    async fn activity_is_the_newest_tunnel_count_and_the_latest_activity() {
+        let rule = mock!(aws_sdk_cloudwatch::Client::get_metric_data)
+            .match_requests(|request| {
+                let queries = request.metric_data_queries();
+                queries.len() == 2
+                    && queries.iter().all(|q| {
+                        let metric = q.metric_stat().and_then(|s| s.metric()).unwrap();
+                        let dimensions: Vec<_> = metric
+                            .dimensions()
+                            .iter()
+                            .map(|d| (d.name().unwrap(), d.value().unwrap()))
+                            .collect();
+                        metric.namespace() == Some("Fluidity")
+                            && dimensions == [("ClusterName", "prod"), ("ServiceName", "tunnel")]
+                    })
+                    && request.start_time().is_some()
+            })
+            .then_output(|| {
+                GetMetricDataOutput::builder()
+                    .metric_data_results(
+                        MetricDataResult::builder()
+                            .id("tunnels")
+                            .values(2.0)
+                            .values(5.0)
+                            .build(),
+                    )
+                    .metric_data_results(
+                        MetricDataResult::builder()
+                            .id("last_activity")
+                            .values(1_700_000_100.0)
+                            .values(1_700_000_200.0)
+                            .values(1_700_000_000.0)
+                            .build(),
+                    )
+                    .build()
+            });
+        let client = mock_client!(aws_sdk_cloudwatch, [&rule]);
+        let activity = activity_over(client)
+            .activity(Duration::from_secs(900))
+            .await
+            .unwrap();
+        assert_eq!(activity.active_tunnels, Some(2.0), "the newest datapoint");
+        assert_eq!(
+            activity.last_activity,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_200))
+        );
+        assert_eq!(rule.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_datapoints_and_errors_are_reported_as_such() {
+        let empty = mock!(aws_sdk_cloudwatch::Client::get_metric_data)
+            .then_output(|| GetMetricDataOutput::builder().build());
+        let failing = mock!(aws_sdk_cloudwatch::Client::get_metric_data)
+            .then_error(|| GetMetricDataError::unhandled("throttled by the test"));
+        let client = mock_client!(aws_sdk_cloudwatch, RuleMode::Sequential, [&empty, &failing]);
+        let metrics = activity_over(client);
+        assert_eq!(
+            metrics.activity(Duration::from_secs(900)).await.unwrap(),
+            Activity::default()
+        );
+        let err = metrics
+            .activity(Duration::from_secs(900))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cloudwatch:GetMetricData"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_ca_loads_from_its_secret_and_a_bad_secret_is_named_not_printed() {
+        let (ca, key_pem) = CertificateAuthority::generate(
+            "Secret CA",
+            Duration::from_secs(3600),
+            KeyAlgorithm::EcdsaP256,
+            SigningOptions::default(),
+        )
+        .unwrap();
+        let secret =
+            serde_json::json!({"ca_cert": ca.certificate_pem(), "ca_key": key_pem}).to_string();
+        let good = mock!(aws_sdk_secretsmanager::Client::get_secret_value)
+            .match_requests(|request| request.secret_id() == Some("fluidity/ca"))
+            .then_output(move || {
+                GetSecretValueOutput::builder()
+                    .secret_string(secret.clone())
+                    .build()
+            });
+        let bad = mock!(aws_sdk_secretsmanager::Client::get_secret_value).then_output(|| {
+            GetSecretValueOutput::builder()
+                .secret_string("{\"ca_key\": \"SECRET-KEY-MATERIAL\"}")
+                .build()
+        });
+        let client = mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, [&good, &bad]);
+        let source = SecretsManagerCa::new(client, "fluidity/ca".into(), SigningOptions::default());
+        let loaded = source.load().await.unwrap();
+        assert_eq!(loaded.certificate_pem(), ca.certificate_pem());
+        let err = source.load().await.unwrap_err().to_string();
+        assert!(
+            err.contains("fluidity/ca") && err.contains("ca_cert"),
+            "{err}"
+        );
+        assert!(!err.contains("SECRET-KEY-MATERIAL"), "{err}");
+    }
+}

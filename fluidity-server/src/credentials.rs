@@ -72,49 +72,47 @@ fn arn_acceptor(config: &ServerConfig) -> Result<TlsAcceptor, Error> {
         (None, Some(pem)) => Some(root_store("ca_cert", pem.as_bytes())?),
         (None, None) => None,
     };
-    let (issuer, roots, source): (Arc<dyn CertIssuer>, _, String) = match (
-        &config.ca_dir,
-        &config.ca_service_url,
-    ) {
-        (Some(_), Some(_)) => {
-            return Err(Error::Config(
-                "set either ca_dir (a local CA) or ca_service_url (the CA service), not both"
-                    .into(),
-            ));
-        }
-        (Some(ca_dir), None) => {
-            let ca = Arc::new(LocalCa::open_or_create(ca_dir, SigningOptions::default())?);
-            let roots = match configured_roots {
-                Some(roots) => roots,
-                None => root_store("local CA", ca.certificate_pem().as_bytes())?,
-            };
-            (ca, roots, format!("local CA in {}", ca_dir.display()))
-        }
-        (None, Some(url)) => {
-            let roots = configured_roots.ok_or_else(|| {
-                Error::Config(
-                    "ca_service_url also needs the CA certificate: ca_cert_file, or ca_cert \
-                         (PEM text, e.g. FLUIDITY_CA_CERT from the CA secret's ca_cert field)"
+    let (issuer, roots, source): (Arc<dyn CertIssuer>, _, String) =
+        match (&config.ca_dir, &config.ca_service_url) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "set either ca_dir (a local CA) or ca_service_url (the CA service), not both"
                         .into(),
+                ));
+            }
+            (Some(ca_dir), None) => {
+                let ca = Arc::new(LocalCa::open_or_create(ca_dir, SigningOptions::default())?);
+                let roots = match configured_roots {
+                    Some(roots) => roots,
+                    None => root_store("local CA", ca.certificate_pem().as_bytes())?,
+                };
+                (ca, roots, format!("local CA in {}", ca_dir.display()))
+            }
+            (None, Some(url)) => {
+                let roots = configured_roots.ok_or_else(|| {
+                    Error::Config(
+                        "ca_service_url also needs the CA certificate: ca_cert_file, or ca_cert \
+                         (PEM text, e.g. FLUIDITY_CA_CERT from the CA secret's ca_cert field)"
+                            .into(),
+                    )
+                })?;
+                let client = ControlPlaneClient::new(
+                    fluidity_aws::http_client().map_err(|e| Error::Config(e.to_string()))?,
+                    Arc::new(RequestSigner::new()),
+                );
+                (
+                    Arc::new(CaClient::new(client, url.clone())),
+                    roots,
+                    format!("CA service {url}"),
                 )
-            })?;
-            let client = ControlPlaneClient::new(
-                fluidity_aws::http_client().map_err(|e| Error::Config(e.to_string()))?,
-                Arc::new(RequestSigner::new()),
-            );
-            (
-                Arc::new(CaClient::new(client, url.clone())),
-                roots,
-                format!("CA service {url}"),
-            )
-        }
-        (None, None) => {
-            return Err(Error::Config(
+            }
+            (None, None) => {
+                return Err(Error::Config(
                 "ARN mode needs ca_dir (a local CA directory) or ca_service_url (the CA service)"
                     .into(),
             ));
-        }
-    };
+            }
+        };
     let mut cert_config = ServerCertConfig::new(server_arn.clone(), server_ip);
     cert_config.cache_dir = config.cache_dir.as_ref().map(|d| d.join("server"));
     let manager = Arc::new(ServerCertManager::new(cert_config, issuer)?);

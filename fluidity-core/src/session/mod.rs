@@ -878,10 +878,10 @@ impl Session {
     fn remember_closed(&mut self, id: StreamId) {
         if self.recently_closed.insert(id) {
             self.recently_closed_order.push_back(id);
-            if self.recently_closed_order.len() > RECENTLY_CLOSED {
-                if let Some(old) = self.recently_closed_order.pop_front() {
-                    self.recently_closed.remove(&old);
-                }
+            if self.recently_closed_order.len() > RECENTLY_CLOSED
+                && let Some(old) = self.recently_closed_order.pop_front()
+            {
+                self.recently_closed.remove(&old);
             }
         }
     }
