@@ -24,18 +24,22 @@ const MAX_ANSWER: usize = 1 << 20;
 /// An HTTP client for control-plane calls: HTTPS verified against the Mozilla roots, with
 /// aws-lc-rs (reqwest is built without a crypto provider of its own).
 pub fn http_client() -> Result<reqwest::Client, Error> {
-    let failed = |e: String| Error::Unexpected(format!("HTTP client for the control plane: {e}"));
+    http_client_builder()?
+        .build()
+        .map_err(|e| Error::Unexpected(format!("HTTP client for the control plane: {e}")))
+}
+
+/// The builder behind [`http_client`], for callers that add settings (timeouts, test
+/// resolvers).
+pub fn http_client_builder() -> Result<reqwest::ClientBuilder, Error> {
     let tls = rustls::ClientConfig::builder_with_provider(fluidity_core::pki::crypto_provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| Error::Unexpected(format!("TLS for the control plane: {e}")))?
         .with_root_certificates(rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         })
         .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .map_err(|e| failed(e.to_string()))
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(tls))
 }
 
 /// Calls control-plane endpoints.
@@ -202,5 +206,166 @@ impl CertIssuer for CaClient {
             certificate_pem: answer.certificate,
             chain_pem: answer.chain,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    use aws_credential_types::Credentials;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::sign::{SigningScope, sign_at};
+
+    const HOST: &str = "abc123.lambda-url.eu-west-1.on.aws";
+
+    /// A one-request-per-connection HTTP server answering `answers` in turn; returns its
+    /// address and the requests it saw (head lines lowercased, then the body).
+    async fn endpoint(answers: Vec<(u16, String)>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            for (status, body) in answers {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // Head, then Content-Length bytes of body.
+                loop {
+                    let n = stream.read(&mut buffer).await.unwrap();
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if rest.len() >= length || n == 0 {
+                            break;
+                        }
+                    }
+                }
+                log.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&request).to_string());
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        (address, seen)
+    }
+
+    fn client_for(address: SocketAddr, credentials: Credentials) -> ControlPlaneClient {
+        let http = http_client_builder()
+            .unwrap()
+            .resolve(HOST, address)
+            .no_proxy()
+            .build()
+            .unwrap();
+        ControlPlaneClient::new(http, Arc::new(RequestSigner::with_credentials(credentials)))
+    }
+
+    fn header<'a>(request: &'a str, name: &str) -> Option<&'a str> {
+        request.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    #[tokio::test]
+    async fn calls_to_function_urls_carry_a_valid_signature() {
+        let (address, seen) = endpoint(vec![(200, r#"{"status":"ready"}"#.into())]).await;
+        let credentials =
+            Credentials::new("AKIDTEST", "secret", Some("token".into()), None, "test");
+        let client = client_for(address, credentials.clone());
+        let url = format!("http://{HOST}:{}/", address.port());
+        let answer: serde_json::Value = client
+            .call("Query", &url, &serde_json::json!({"instance_id": "x"}))
+            .await
+            .unwrap();
+        assert_eq!(answer["status"], "ready");
+
+        let request = seen.lock().unwrap()[0].clone();
+        let authorization = header(&request, "authorization").unwrap();
+        assert!(
+            authorization.contains("/eu-west-1/lambda/aws4_request"),
+            "{authorization}"
+        );
+        assert_eq!(header(&request, "x-amz-security-token"), Some("token"));
+        // Re-sign what the server received at the time it says: the same signature.
+        let date = header(&request, "x-amz-date").unwrap();
+        let time = time::PrimitiveDateTime::parse(
+            date,
+            time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"),
+        )
+        .unwrap()
+        .assume_utc();
+        let body = request.split_once("\r\n\r\n").unwrap().1;
+        let expected = sign_at(
+            &credentials,
+            &SigningScope::for_url(&url).unwrap(),
+            &url,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+            time.into(),
+        )
+        .unwrap();
+        let expected = expected
+            .iter()
+            .find(|(name, _)| name == "authorization")
+            .map(|(_, value)| value.as_str());
+        assert_eq!(Some(authorization), expected);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_refusals_are_not() {
+        let (address, seen) = endpoint(vec![
+            (503, r#"{"message":"Service Unavailable"}"#.into()),
+            (
+                200,
+                r#"{"statusCode":200,"body":"{\"status\":\"ready\"}"}"#.into(),
+            ),
+            (403, r#"{"Message":"Forbidden"}"#.into()),
+            (200, r#"{"error":"CSR not provided"}"#.into()),
+        ])
+        .await;
+        let client = client_for(address, Credentials::new("A", "s", None, None, "test"));
+        let url = format!("http://{HOST}:{}/", address.port());
+        // 503 then a proxy-wrapped answer: retried, unwrapped.
+        let answer: serde_json::Value = client
+            .call("Wake", &url, &serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(answer["status"], "ready");
+        // 403 (a refused signature): not retried, and the reason is shown.
+        let err = client
+            .call::<_, serde_json::Value>("Kill", &url, &serde_json::json!({}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("403") && err.contains("Forbidden") && err.contains("Kill"),
+            "{err}"
+        );
+        // An error in a 200 answer (the Go functions' habit) is an error.
+        let err = client
+            .call::<_, serde_json::Value>("CA", &url, &serde_json::json!({}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CSR not provided"), "{err}");
+        assert_eq!(seen.lock().unwrap().len(), 4);
     }
 }

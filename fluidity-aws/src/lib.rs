@@ -12,7 +12,7 @@ pub mod client;
 pub mod sign;
 pub mod tasks;
 
-pub use client::{CaClient, ControlPlaneClient, http_client};
+pub use client::{CaClient, ControlPlaneClient, http_client, http_client_builder};
 pub use sign::RequestSigner;
 
 /// Why a control-plane call or an AWS lookup failed.
