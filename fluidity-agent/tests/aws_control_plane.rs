@@ -15,6 +15,8 @@
 
 mod support;
 
+use support::{free_port, wait_for_port};
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -38,35 +40,6 @@ fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_for_port(port: u16, child: &mut Child, what: &str) {
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ = pipe.read_to_string(&mut stderr).await;
-            }
-            panic!("{what} exited with {status}: {stderr}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{what} never listened on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The AWS environment every process gets: moto's endpoint and dummy credentials, and
@@ -102,6 +75,34 @@ async fn start_moto() -> (Child, String) {
         .expect("python3 must be installed");
     wait_for_port(port, &mut moto, "moto (pip install 'moto[server]')").await;
     (moto, format!("http://127.0.0.1:{port}"))
+}
+
+/// moto holding the cluster, the stopped service and a new CA in Secrets Manager (also
+/// written to `dir/ca.crt` and `dir/ca.key`); returns moto, its endpoint and the CA.
+async fn local_aws(dir: &Path) -> (Child, String, CertificateAuthority) {
+    let (ca, key_pem) = CertificateAuthority::generate(
+        "Fluidity Test CA",
+        Duration::from_secs(86400),
+        KeyAlgorithm::EcdsaP256,
+        SigningOptions::default(),
+    )
+    .unwrap();
+    let (cert_file, key_file) = (dir.join("ca.crt"), dir.join("ca.key"));
+    std::fs::write(&cert_file, ca.certificate_pem()).unwrap();
+    std::fs::write(&key_file, &key_pem).unwrap();
+    let (moto, endpoint) = start_moto().await;
+    fixture(
+        &endpoint,
+        &[
+            "setup",
+            CLUSTER,
+            SERVICE,
+            SECRET,
+            cert_file.to_str().unwrap(),
+            key_file.to_str().unwrap(),
+        ],
+    );
+    (moto, endpoint, ca)
 }
 
 /// Runs the moto fixture script; returns its JSON answer.
@@ -219,31 +220,8 @@ async fn sigterm(child: &mut Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wake_query_connect_sleep_and_kill_against_a_local_aws() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, key_pem) = CertificateAuthority::generate(
-        "Fluidity Test CA",
-        Duration::from_secs(86400),
-        KeyAlgorithm::EcdsaP256,
-        SigningOptions::default(),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("ca.crt"), ca.certificate_pem()).unwrap();
-    std::fs::write(dir.path().join("ca.key"), &key_pem).unwrap();
-
     // moto, with the cluster, the stopped service and the CA secret.
-    let (_moto, endpoint) = start_moto().await;
-    let ca_cert = dir.path().join("ca.crt");
-    let ca_key = dir.path().join("ca.key");
-    fixture(
-        &endpoint,
-        &[
-            "setup",
-            CLUSTER,
-            SERVICE,
-            SECRET,
-            ca_cert.to_str().unwrap(),
-            ca_key.to_str().unwrap(),
-        ],
-    );
+    let (_moto, endpoint, ca) = local_aws(dir.path()).await;
 
     // The control plane, signing with the CA from Secrets Manager and reading activity from
     // the server's /health.
@@ -486,27 +464,7 @@ async fn runtime_api(events: Vec<Value>) -> (u16, tokio::sync::mpsc::Receiver<(S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_runs_as_a_lambda_function() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, key_pem) = CertificateAuthority::generate(
-        "Fluidity Test CA",
-        Duration::from_secs(86400),
-        KeyAlgorithm::EcdsaP256,
-        SigningOptions::default(),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("ca.crt"), ca.certificate_pem()).unwrap();
-    std::fs::write(dir.path().join("ca.key"), &key_pem).unwrap();
-    let (_moto, endpoint) = start_moto().await;
-    fixture(
-        &endpoint,
-        &[
-            "setup",
-            CLUSTER,
-            SERVICE,
-            SECRET,
-            dir.path().join("ca.crt").to_str().unwrap(),
-            dir.path().join("ca.key").to_str().unwrap(),
-        ],
-    );
+    let (_moto, endpoint, _) = local_aws(dir.path()).await;
 
     let function_url_event = json!({
         "version": "2.0",

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{http_origin, pattern_slice};
+use support::{free_port, http_origin, pattern_slice, wait_for_port};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
@@ -26,35 +26,6 @@ fn server_binary() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_for_port(port: u16, child: &mut Child) {
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ = pipe.read_to_string(&mut stderr).await;
-            }
-            panic!("process exited with {status}: {stderr}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "port {port} never opened"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `fluidity-server --dev` and `fluidity-agent --dev --server` as two processes sharing `dir`,
@@ -76,7 +47,7 @@ async fn start_pair(
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_for_port(proxy_port, &mut agent).await;
+    wait_for_port(proxy_port, &mut agent, "fluidity-agent").await;
     (server, agent, server_port, proxy_port)
 }
 
@@ -94,7 +65,7 @@ async fn start_server_process(dir: &std::path::Path, env: &[(&str, &str)]) -> (C
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_for_port(port, &mut server).await;
+    wait_for_port(port, &mut server, "fluidity-server").await;
     (server, port)
 }
 
@@ -132,7 +103,7 @@ async fn agent_dev_mode_is_a_working_proxy_in_one_command() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_for_port(port, &mut agent).await;
+    wait_for_port(port, &mut agent, "fluidity-agent").await;
     let (ok, body, err) = get_through(port, &format!("http://{origin}/hello")).await;
     assert!(ok, "{err}");
     assert_eq!(body, b"hello from origin");
@@ -188,7 +159,7 @@ async fn two_processes_stream_a_gibibyte_in_bounded_memory() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_for_port(proxy_port, &mut agent).await;
+    wait_for_port(proxy_port, &mut agent, "fluidity-agent").await;
 
     let size: u64 = 1 << 30;
     let started = Instant::now();

@@ -372,3 +372,36 @@ pub async fn curl(args: &[&str]) -> (bool, Vec<u8>, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A port that was free a moment ago (for processes that take a port, not a listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `child` (named `what` in failures) listens on `port`; panics with its stderr
+/// if it exits first, or after 60 s.
+pub async fn wait_for_port(port: u16, child: &mut tokio::process::Child, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr).await;
+            }
+            panic!("{what} exited with {status}: {stderr}");
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{what} never listened on port {port}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
