@@ -14,6 +14,11 @@ use aws_config::BehaviorVersion;
 
 use crate::Error;
 
+/// The region in an ARN (`arn:aws:ecs:<region>:...`).
+pub fn arn_region(arn: &str) -> Option<&str> {
+    arn.split(':').nth(3).filter(|region| !region.is_empty())
+}
+
 /// One ECS task as the control plane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
@@ -43,9 +48,18 @@ pub struct TaskDirectory {
 
 impl TaskDirectory {
     /// Clients from the default AWS configuration (region, credentials and
-    /// `AWS_ENDPOINT_URL` from the environment).
-    pub async fn from_env() -> Self {
-        let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    /// `AWS_ENDPOINT_URL` from the environment), in `fallback_region` when the environment
+    /// names none (a task knows its region from its own ARN).
+    pub async fn from_env(fallback_region: Option<&str>) -> Self {
+        let mut config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        if config.region().is_none()
+            && let Some(region) = fallback_region
+        {
+            config = aws_config::defaults(BehaviorVersion::latest())
+                .region(aws_config::Region::new(region.to_owned()))
+                .load()
+                .await;
+        }
         TaskDirectory::new(
             aws_sdk_ecs::Client::new(&config),
             aws_sdk_ec2::Client::new(&config),
@@ -188,5 +202,20 @@ impl TaskDirectory {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_region_comes_from_the_arn() {
+        assert_eq!(
+            arn_region("arn:aws:ecs:eu-west-1:123456789012:task/fluidity/abc"),
+            Some("eu-west-1")
+        );
+        assert_eq!(arn_region("arn:aws:ecs::123456789012:task/x"), None);
+        assert_eq!(arn_region("not an arn"), None);
     }
 }

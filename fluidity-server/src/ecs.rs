@@ -33,7 +33,8 @@ pub async fn discover(
                 Error::Config(format!("SERVER_PUBLIC_IP {ip:?} is not an IP address"))
             })?);
         } else if let Some(task) = ecs_task {
-            let directory = fluidity_aws::tasks::TaskDirectory::from_env().await;
+            let region = fluidity_aws::tasks::arn_region(&task.arn);
+            let directory = fluidity_aws::tasks::TaskDirectory::from_env(region).await;
             let ip = directory
                 .wait_for_public_ip(&task.cluster, &task.arn, PUBLIC_IP_PATIENCE)
                 .await
