@@ -381,7 +381,12 @@ impl Session {
         for stream in self.streams.values_mut() {
             if stream.phase != Phase::Dead {
                 stream.phase = Phase::Dead;
-                stream.error = Some(format!("tunnel closed: {reason}"));
+                // A stream whose peer had finished sending got all its data: it stays
+                // readable to the end (a server that closes right after a download's last
+                // bytes must not cut that download). Any other stream is cut short.
+                if !stream.recv_fin {
+                    stream.error = Some(format!("tunnel closed: {reason}"));
+                }
             }
         }
         self.closed = Some(reason.clone());

@@ -594,3 +594,31 @@ fn a_reset_after_the_peers_end_keeps_what_it_sent() {
     ));
     assert_eq!(read_all(&mut p.client, a), (b"the answer".to_vec(), true));
 }
+
+#[test]
+fn data_that_fully_arrived_stays_readable_after_the_tunnel_closes() {
+    for codec in [CodecKind::Binary, CodecKind::Json] {
+        let mut p = Pair::new(codec);
+        let finished = p.connect("done:443");
+        let unfinished = p.connect("cut:443");
+        let body = pattern(1, 0, 100_000);
+        assert_eq!(p.server.send(finished, &body).unwrap(), body.len());
+        p.server.finish(finished).unwrap();
+        p.server.send(unfinished, b"partial").unwrap();
+        p.pump();
+        // The server closes the connection before the client has read anything.
+        p.client.receive_eof();
+        assert_eq!(read_all(&mut p.client, finished), (body, true), "{codec:?}");
+        assert!(
+            matches!(
+                p.client.recv(unfinished, usize::MAX),
+                Err(Error::StreamReset { .. })
+            ),
+            "a stream without its end is cut short ({codec:?})"
+        );
+        assert!(
+            p.client.send(finished, b"x").is_err(),
+            "nothing is sent any more"
+        );
+    }
+}
