@@ -124,22 +124,20 @@ fn fixture(endpoint: &str, args: &[&str]) -> Value {
 
 /// POSTs `body` to the local control plane; returns the status and the JSON answer.
 async fn call(plane: u16, function: &str, body: Value) -> (u16, Value) {
-    let (ok, out, err) = support::curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "-d",
-        &body.to_string(),
-        "-w",
-        "\n%{http_code}",
+    let (code, answer) = support::curl_status(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body.to_string(),
+        ],
         &format!("http://127.0.0.1:{plane}/{function}"),
-    ])
+    )
     .await;
-    assert!(ok, "curl to /{function}: {err}");
-    let text = String::from_utf8(out).unwrap();
-    let (json, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), serde_json::from_str(json).unwrap())
+    assert_ne!(code, 0, "curl to /{function}: {answer}");
+    (code, serde_json::from_str(&answer).unwrap())
 }
 
 /// An ECS task metadata endpoint (v4) describing one task.

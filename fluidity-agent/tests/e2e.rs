@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{FNV_START, Tunnel, checksum, curl, http_origin, https_origin, pattern};
+use support::{FNV_START, Tunnel, checksum, curl, curl_status, http_origin, https_origin, pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -210,21 +210,14 @@ async fn an_unreachable_target_is_a_fast_502_with_the_reason() {
     curl(&["-x", &tunnel.proxy_url(), &format!("http://{origin}/hello")]).await;
 
     let started = Instant::now();
-    let (_, body, _) = curl(&[
-        "-x",
-        &tunnel.proxy_url(),
-        "-w",
-        "\n%{http_code}",
-        &format!("http://{closed}/"),
-    ])
-    .await;
+    let (code, body) =
+        curl_status(&["-x", &tunnel.proxy_url()], &format!("http://{closed}/")).await;
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "took {:?}",
         started.elapsed()
     );
-    let body = String::from_utf8(body).unwrap();
-    assert!(body.ends_with("502"), "{body}");
+    assert_eq!(code, 502, "{body}");
     assert!(body.to_ascii_lowercase().contains("refused"), "{body}");
 
     let started = Instant::now();
@@ -244,16 +237,12 @@ async fn an_unreachable_target_is_a_fast_502_with_the_reason() {
 async fn the_default_egress_policy_refuses_loopback_with_a_clear_error() {
     let origin = http_origin().await;
     let tunnel = Tunnel::start_with(|server| server.egress_deny = None, |_| {}).await;
-    let (_, body, _) = curl(&[
-        "-x",
-        &tunnel.proxy_url(),
-        "-w",
-        "\n%{http_code}",
+    let (code, body) = curl_status(
+        &["-x", &tunnel.proxy_url()],
         &format!("http://{origin}/hello"),
-    ])
+    )
     .await;
-    let body = String::from_utf8(body).unwrap();
-    assert!(body.ends_with("502"), "{body}");
+    assert_eq!(code, 502, "{body}");
     assert!(body.contains("denied by the server's policy"), "{body}");
     let (ok, _, err) = curl(&[
         "-x",
@@ -454,16 +443,12 @@ async fn the_server_refuses_tunnels_beyond_max_connections() {
         listener,
         std::future::pending(),
     ));
-    let (_, body, _) = curl(&[
-        "-x",
-        &format!("http://{second_proxy}"),
-        "-w",
-        "\n%{http_code}",
+    let (code, body) = curl_status(
+        &["-x", &format!("http://{second_proxy}")],
         &format!("http://{origin}/hello"),
-    ])
+    )
     .await;
-    let body = String::from_utf8(body).unwrap();
-    assert!(body.ends_with("502"), "{body}");
+    assert_eq!(code, 502, "{body}");
     assert!(body.contains("did not come back"), "{body}");
     let (ok, body, err) =
         curl(&["-x", &tunnel.proxy_url(), &format!("http://{origin}/hello")]).await;

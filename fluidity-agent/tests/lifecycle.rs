@@ -19,7 +19,7 @@ use fluidity_core::pki::SigningOptions;
 use fluidity_core::pki::local_ca::LocalCa;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use support::{curl, http_origin, server_config, start_server};
+use support::{curl, curl_status, http_origin, server_config, start_server};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -238,16 +238,12 @@ async fn a_slow_start_is_waited_out_and_kill_is_called_once() {
 async fn a_server_that_never_starts_gives_a_clear_error() {
     let origin = http_origin().await;
     let setup = setup(None, Duration::from_secs(1), Duration::from_secs(3)).await;
-    let (_, body, _) = curl(&[
-        "-x",
-        &format!("http://{}", setup.proxy),
-        "-w",
-        "\n%{http_code}",
+    let (code, body) = curl_status(
+        &["-x", &format!("http://{}", setup.proxy)],
         &format!("http://{origin}/hello"),
-    ])
+    )
     .await;
-    let body = String::from_utf8(body).unwrap();
-    assert!(body.ends_with("502"), "{body}");
+    assert_eq!(code, 502, "{body}");
     assert!(body.contains("did not become ready within"), "{body}");
     assert!(
         body.contains("pending"),

@@ -373,6 +373,17 @@ pub async fn curl(args: &[&str]) -> (bool, Vec<u8>, String) {
     )
 }
 
+/// Runs curl with `args` plus the URL, and returns the HTTP status and the body (curl's own
+/// failures give status 0).
+pub async fn curl_status(args: &[&str], url: &str) -> (u16, String) {
+    let mut all = args.to_vec();
+    all.extend(["-w", "\n%{http_code}", url]);
+    let (_, out, err) = curl(&all).await;
+    let text = String::from_utf8(out).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), format!("{body}{err}"))
+}
+
 /// A port that was free a moment ago (for processes that take a port, not a listener).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
