@@ -36,7 +36,7 @@ async fn server(ca: Arc<LocalCa>, algorithm: KeyAlgorithm) -> SocketAddr {
     let mut config = ServerCertConfig::new(ARN, LOOPBACK);
     config.key_algorithm = algorithm;
     let manager = Arc::new(ServerCertManager::new(config, ca.clone()).unwrap());
-    manager.certificate_for(LOOPBACK).await.unwrap();
+    manager.refresh().await.unwrap();
     let roots = root_store("CA", ca.certificate_pem().as_bytes()).unwrap();
     let acceptor = Arc::new(TlsAcceptor::arn(manager, roots).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

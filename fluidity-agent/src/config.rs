@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fluidity_core::config::{ConfigKeys, duration, optional};
+use fluidity_core::config::{ConfigKeys, Secret, duration, optional};
 use serde::Deserialize;
 
 /// Everything `fluidity-agent` can be told. Every field has a working default.
@@ -74,10 +74,18 @@ pub struct AgentConfig {
     pub startup_timeout: Duration,
     /// `user:password`: require HTTP Basic proxy authentication (407 otherwise).
     #[serde(deserialize_with = "optional::deserialize")]
-    pub proxy_auth: Option<String>,
-    /// `http://host:port`: reach the server through this HTTP proxy (CONNECT).
+    pub proxy_auth: Option<Secret>,
+    /// `http://[user:password@]host:port`: reach the server through this HTTP proxy
+    /// (CONNECT). Never printed: it may hold credentials.
     #[serde(deserialize_with = "optional::deserialize")]
-    pub upstream_proxy: Option<String>,
+    pub upstream_proxy: Option<Secret>,
+    /// Most proxy client connections served at once; beyond it new ones wait in the listen
+    /// backlog (default 1024).
+    pub max_clients: usize,
+    /// A client's request head must arrive within this (default 10 s): slow-loris clients
+    /// are closed.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
     /// How long a new request waits for the tunnel to come (back) up (default 30 s).
     #[serde(with = "duration")]
     pub reconnect_wait: Duration,
@@ -115,6 +123,8 @@ impl Default for AgentConfig {
             startup_timeout: Duration::from_secs(180),
             proxy_auth: None,
             upstream_proxy: None,
+            max_clients: 1024,
+            header_read_timeout: Duration::from_secs(10),
             reconnect_wait: Duration::from_secs(30),
             dead_server_timeout: Duration::from_secs(30),
             dev: false,
@@ -162,6 +172,8 @@ impl ConfigKeys for AgentConfig {
         "startup_timeout",
         "proxy_auth",
         "upstream_proxy",
+        "max_clients",
+        "header_read_timeout",
         "reconnect_wait",
         "dead_server_timeout",
         "dev",

@@ -85,8 +85,8 @@ impl Agent {
         };
         let upstream = config
             .upstream_proxy
-            .as_deref()
-            .map(UpstreamProxy::parse)
+            .as_ref()
+            .map(|url| UpstreamProxy::parse(url.expose()))
             .transpose()
             .map_err(Error::Config)?;
         let (locator, credentials): (Arc<dyn ServerLocator>, Credentials) =
@@ -163,7 +163,7 @@ impl Agent {
         );
         let proxy = Arc::new(proxy::Proxy::new(
             tunnel,
-            config.proxy_auth.as_deref(),
+            config.proxy_auth.as_ref().map(|auth| auth.expose()),
             proxy_address,
         ));
         Ok(Agent {
@@ -191,7 +191,12 @@ impl Agent {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
         tracing::info!(address = %listener.local_addr()?, "proxy listening");
-        proxy::serve(self.proxy.clone(), listener, shutdown).await;
+        let limits = fluidity_core::http_server::HttpLimits {
+            max_connections: self.config.max_clients,
+            header_read_timeout: self.config.header_read_timeout,
+            ..Default::default()
+        };
+        proxy::serve(self.proxy.clone(), listener, limits, shutdown).await;
         // Tell the control plane this agent is done (Kill, exactly once).
         if let Err(e) = self.locator.release().await {
             tracing::warn!(error = %e, "releasing the server failed");

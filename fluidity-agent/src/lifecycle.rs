@@ -178,32 +178,15 @@ fn core_error(reason: String) -> fluidity_core::Error {
 
 #[async_trait]
 impl ServerLocator for LambdaLocator {
+    /// Wake, then (unless Wake named a running task) Query until one is ready. After a lost
+    /// tunnel the agent locates again the same way (the default `relocate`): Wake is
+    /// idempotent and cheap, restarts a server that was stopped, finds a replaced task (new
+    /// ARN), and cancels a pending Kill request, since an agent wants the server.
     async fn locate(&self) -> fluidity_core::Result<ServerInfo> {
         let (instance_id, agent_ip, ready) = self.wake().await.map_err(core_error)?;
         match ready {
             Some(server) => Ok(server),
             None => self
-                .wait_ready(&instance_id, agent_ip)
-                .await
-                .map_err(core_error),
-        }
-    }
-
-    /// After a lost tunnel: ask Query which task serves now (it may be a new one with a new
-    /// ARN); wake again if none does.
-    async fn relocate(&self) -> fluidity_core::Result<ServerInfo> {
-        let woken = self.woken.lock().await.clone();
-        let Some((instance_id, agent_ip)) = woken else {
-            return self.locate().await;
-        };
-        let request = QueryRequest {
-            instance_id: instance_id.clone(),
-        };
-        let answer: Result<QueryResponse, String> =
-            self.plane.call("Query", &self.plane.query, &request).await;
-        match answer {
-            Ok(answer) if answer.status == status::NEGATIVE => self.locate().await,
-            _ => self
                 .wait_ready(&instance_id, agent_ip)
                 .await
                 .map_err(core_error),

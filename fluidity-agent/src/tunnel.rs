@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fluidity_core::backoff::Backoff;
 use fluidity_core::codec::CodecKind;
 use fluidity_core::driver::Connection;
 use fluidity_core::envelope::IamAuthRequest;
@@ -20,8 +21,17 @@ use tokio::sync::watch;
 use crate::upstream::UpstreamProxy;
 
 /// First and longest pause between reconnection attempts.
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// See [`BACKOFF_MIN`].
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A tunnel that stayed up this long proved the path works: the backoff starts over. One that
+/// dropped sooner (a server that rejects our certificate after TLS 1.3 completed on our side,
+/// a proxy that cuts connections) counts as a failed attempt.
+const STABLE_TUNNEL: Duration = Duration::from_secs(30);
+
+/// How long a new tunnel may take to deliver the server's first frame.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the agent proves who it is and checks the server.
 #[derive(Debug)]
@@ -132,29 +142,39 @@ struct Dialer {
 }
 
 async fn maintain(dialer: Dialer, state: watch::Sender<State>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut first = true;
     loop {
         let started = Instant::now();
-        match dialer.connect(first).await {
+        let outcome = dialer.connect(first).await;
+        first = false;
+        let failure = match outcome {
             Ok((connection, info)) => {
-                first = false;
-                backoff = BACKOFF_MIN;
                 tracing::info!(server = %info.address, took = ?started.elapsed(), "tunnel up");
+                let up_since = Instant::now();
                 let _ = state.send(State::Up(connection.clone()));
                 let reason = connection.closed().await;
-                tracing::warn!(%reason, "tunnel lost; reconnecting");
                 let _ = state.send(State::Down(Some(format!("tunnel lost: {reason}"))));
+                if up_since.elapsed() >= STABLE_TUNNEL {
+                    tracing::warn!(%reason, "tunnel lost; reconnecting");
+                    backoff.reset();
+                    None
+                } else {
+                    Some(format!(
+                        "tunnel lost after {:?}: {reason}",
+                        up_since.elapsed()
+                    ))
+                }
             }
             Err(reason) => {
-                first = false;
-                tracing::warn!(%reason, retry_in = ?backoff, "tunnel connection failed");
-                let _ = state.send(State::Down(Some(reason)));
-                // Full jitter: agents that lost the same server do not return in lockstep.
-                let pause = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-                tokio::time::sleep(pause).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let _ = state.send(State::Down(Some(reason.clone())));
+                Some(reason)
             }
+        };
+        if let Some(reason) = failure {
+            let pause = backoff.next_delay();
+            tracing::warn!(%reason, retry_in = ?pause, "tunnel connection failed");
+            tokio::time::sleep(pause).await;
         }
         if state.is_closed() {
             return;
@@ -203,7 +223,7 @@ impl Dialer {
                 .map_err(|e| format!("connecting to {}: {e}", info.address))?,
             Some(proxy) => proxy.connect(info.address, DEFAULT_CONNECT_TIMEOUT).await?,
         };
-        let _ = tcp.set_nodelay(true);
+        fluidity_core::transport::tune_tunnel_socket(&tcp);
         let established = connector
             .handshake(tcp, info.address)
             .await
@@ -220,7 +240,22 @@ impl Dialer {
         } else {
             session.send_hello();
         }
-        Ok((Connection::spawn(established.stream, session), info))
+        let connection = Connection::spawn(established.stream, session);
+        // Over TLS 1.3 our handshake completes before the server has checked our certificate:
+        // only its first frame says it accepted us.
+        match tokio::time::timeout(FIRST_FRAME_TIMEOUT, connection.ready()).await {
+            Ok(Ok(())) => Ok((connection, info)),
+            Ok(Err(reason)) => Err(format!(
+                "the server closed the tunnel before its first frame (did it reject our \
+                 certificate? its log says why): {reason}"
+            )),
+            Err(_) => {
+                connection.close("no first frame from the server");
+                Err(format!(
+                    "the server sent nothing within {FIRST_FRAME_TIMEOUT:?} of the handshake"
+                ))
+            }
+        }
     }
 }
 

@@ -12,25 +12,48 @@ use tokio::net::TcpStream;
 const MAX_HEAD: usize = 16 * 1024;
 
 /// An `http://[user:password@]host:port` upstream proxy.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamProxy {
     address: String,
     authorization: Option<String>,
 }
 
+impl std::fmt::Debug for UpstreamProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamProxy")
+            .field("address", &self.address)
+            .field("authenticated", &self.authorization.is_some())
+            .finish()
+    }
+}
+
 impl UpstreamProxy {
-    /// Parses `http://[user:password@]host:port`.
+    /// Parses `http://[user:password@]host:port`. Errors never repeat the credentials.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("upstream_proxy {url:?}: only http:// proxies are supported"))?
-            .trim_end_matches('/');
-        let (credentials, address) = match rest.rsplit_once('@') {
+        let (credentials, address) = match url.rsplit_once('@') {
             Some((credentials, address)) => (Some(credentials), address),
-            None => (None, rest),
+            None => (None, url),
         };
+        let shown = match credentials {
+            Some(_) => format!("(credentials hidden)@{address}"),
+            None => url.to_owned(),
+        };
+        let credentials = match credentials {
+            Some(with_scheme) => Some(with_scheme.strip_prefix("http://").ok_or_else(|| {
+                format!("upstream_proxy {shown:?}: only http:// proxies are supported")
+            })?),
+            None => None,
+        };
+        let address = if credentials.is_some() {
+            address
+        } else {
+            address.strip_prefix("http://").ok_or_else(|| {
+                format!("upstream_proxy {shown:?}: only http:// proxies are supported")
+            })?
+        }
+        .trim_end_matches('/');
         if !address.contains(':') {
-            return Err(format!("upstream_proxy {url:?}: expected host:port"));
+            return Err(format!("upstream_proxy {shown:?}: expected host:port"));
         }
         Ok(UpstreamProxy {
             address: address.to_owned(),
@@ -95,5 +118,27 @@ impl UpstreamProxy {
             ));
         }
         Ok(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn errors_never_repeat_the_credentials() {
+        for url in [
+            "https://alice:hunter2@proxy.example:3128",
+            "http://alice:hunter2@proxy.example",
+            "socks5://alice:hunter2@proxy.example:1080",
+        ] {
+            let err = UpstreamProxy::parse(url).unwrap_err();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("proxy.example"), "{err}");
+        }
+        assert!(UpstreamProxy::parse("http://alice:hunter2@proxy.example:3128").is_ok());
+        assert!(UpstreamProxy::parse("http://proxy.example:3128/").is_ok());
+        assert!(UpstreamProxy::parse("proxy.example:3128").is_err());
     }
 }

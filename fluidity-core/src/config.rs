@@ -213,6 +213,49 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 
 /// Serde helper for optional fields: absent, `null` and `""` (what Go configs write for "not
 /// set") are `None`; anything else is parsed with `FromStr` (numbers too, via their text).
+/// A configuration value that must never be printed (a password, credentials in a URL): its
+/// `Debug` says `[redacted]`, so a logged or debug-printed config leaks nothing.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(value.to_owned()))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
 pub mod optional {
     use std::fmt::Display;
     use std::str::FromStr;

@@ -24,6 +24,9 @@ pub mod status {
     pub const KILLED: &str = "killed";
     /// Kill left the server running for other agents.
     pub const KEPT: &str = "kept";
+    /// Kill recorded the request: the server stops once no agent has used it for a few
+    /// minutes (a Wake meanwhile cancels it).
+    pub const SCHEDULED: &str = "scheduled";
 }
 
 /// Wake's request. Go agents send `{}` (or camel-case names the Go Lambda ignored); cluster

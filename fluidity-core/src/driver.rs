@@ -56,6 +56,11 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Rounds of I/O the driver does before yielding to other tasks.
 const MAX_ROUNDS: usize = 64;
 
+/// After the session closed, the driver tries this long to flush what is queued (a final
+/// reset, a goodbye) before it drops the socket: a peer that reads nothing must not keep the
+/// driver alive.
+const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, Default)]
 struct Wakers {
     read: Option<Waker>,
@@ -76,6 +81,7 @@ struct State {
     replies: HashMap<StreamId, ReplyState>,
     incoming: VecDeque<(StreamId, Target)>,
     incoming_waker: Option<Waker>,
+    /// Woken when the tunnel closes, and when the peer's first frame arrives.
     closed_wakers: Vec<Waker>,
     /// The driver stopped reading because the session refused input.
     input_paused: bool,
@@ -194,6 +200,12 @@ pub struct Driver<T> {
     timer: Pin<Box<Sleep>>,
     /// Why the session failed (reported when the driver ends).
     failure: Option<Error>,
+    /// Since when queued output has waited for the socket without any byte going out.
+    write_stalled_since: Option<tokio::time::Instant>,
+    /// Longest such stall before the tunnel is closed (the session's idle timeout).
+    write_stall_timeout: std::time::Duration,
+    /// Set once the session is closed: when the driver gives up flushing.
+    close_deadline: Option<tokio::time::Instant>,
 }
 
 impl Connection {
@@ -203,6 +215,7 @@ impl Connection {
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
+        let write_stall_timeout = session.idle_timeout();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 session,
@@ -223,6 +236,9 @@ impl Connection {
             needs_flush: false,
             timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             failure: None,
+            write_stalled_since: None,
+            write_stall_timeout,
+            close_deadline: None,
         };
         (Connection { shared }, driver)
     }
@@ -293,6 +309,24 @@ impl Connection {
         state.wake_driver();
     }
 
+    /// Waits until the peer's first frame arrived, which proves the tunnel is really up (over
+    /// TLS 1.3 a client's handshake completes before the server has checked the client's
+    /// certificate); `Err` with the reason if the tunnel closed first.
+    pub async fn ready(&self) -> std::result::Result<(), String> {
+        poll_fn(|cx| {
+            let mut state = self.shared.lock();
+            if let Some(reason) = state.session.closed_reason() {
+                return Poll::Ready(Err(reason.to_owned()));
+            }
+            if state.session.peer_heard() {
+                return Poll::Ready(Ok(()));
+            }
+            state.closed_wakers.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Waits until the tunnel is closed; returns why.
     pub async fn closed(&self) -> String {
         poll_fn(|cx| {
@@ -328,10 +362,185 @@ impl Connection {
     }
 }
 
+/// What one step of the driver did.
+enum Step {
+    /// Something moved: run another round.
+    Progress,
+    /// Nothing to do until a waker fires.
+    Idle,
+    /// The driver is done (the tunnel is gone).
+    Finished(Result<()>),
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
-    fn close_with(&self, state: &mut State, err: &Error) {
+    /// Ends the driver at once (a socket error, or a peer that reads nothing): the session is
+    /// closed with `err` and the socket dropped without a flush.
+    fn fail(&mut self, err: Error) -> Step {
+        let mut state = self.shared.lock();
         state.session.close(err.to_string());
         state.dispatch_events();
+        Step::Finished(Err(err))
+    }
+
+    /// Writes queued output to the socket, then flushes it.
+    fn drive_transmit(&mut self, cx: &mut Context<'_>) -> Step {
+        let mut progress = false;
+        loop {
+            if self.pending_write.is_none() {
+                let mut state = self.shared.lock();
+                self.pending_write = state.session.poll_transmit();
+                state.dispatch_events();
+            }
+            let Some(buf) = self.pending_write.as_mut() else {
+                self.write_stalled_since = None;
+                break;
+            };
+            match Pin::new(&mut self.io).poll_write(cx, buf) {
+                Poll::Ready(Ok(0)) => {
+                    return self.fail(Error::io(
+                        "writing to the tunnel",
+                        io::ErrorKind::WriteZero.into(),
+                    ));
+                }
+                Poll::Ready(Ok(n)) => {
+                    buf.advance(n);
+                    if buf.is_empty() {
+                        self.pending_write = None;
+                    }
+                    self.needs_flush = true;
+                    self.write_stalled_since = None;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return self.fail(Error::io("writing to the tunnel", e)),
+                Poll::Pending => {
+                    self.write_stalled_since
+                        .get_or_insert_with(tokio::time::Instant::now);
+                    break;
+                }
+            }
+        }
+        if self.needs_flush && self.pending_write.is_none() {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return self.fail(Error::io("flushing the tunnel", e)),
+                Poll::Pending => {}
+            }
+        }
+        if progress { Step::Progress } else { Step::Idle }
+    }
+
+    /// Reads from the socket into the session, unless the session holds off (backpressure).
+    fn drive_receive(&mut self, cx: &mut Context<'_>) -> Step {
+        {
+            let mut state = self.shared.lock();
+            state.input_paused = !state.session.wants_input();
+            if state.input_paused {
+                return Step::Idle;
+            }
+        }
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+            Poll::Ready(Ok(0)) => {
+                let mut state = self.shared.lock();
+                state.session.receive_eof();
+                state.dispatch_events();
+                Step::Finished(Ok(()))
+            }
+            Poll::Ready(Ok(_)) => {
+                let now = tokio::time::Instant::now().into_std();
+                let mut state = self.shared.lock();
+                let heard_before = state.session.peer_heard();
+                let result = state.session.receive(&mut self.read_buf, now);
+                if !heard_before && state.session.peer_heard() {
+                    state.closed_wakers.drain(..).for_each(Waker::wake);
+                }
+                state.dispatch_events();
+                if let Err(err) = result {
+                    tracing::warn!(%err, "closing a corrupt tunnel");
+                    self.failure = Some(err);
+                }
+                Step::Progress
+            }
+            Poll::Ready(Err(e)) => self.fail(Error::io("reading from the tunnel", e)),
+            Poll::Pending => Step::Idle,
+        }
+    }
+
+    /// Heartbeats and the session's deadlines, and the write-stall deadline: output that has
+    /// waited for the socket for the session's idle timeout means the peer reads nothing.
+    fn drive_timers(&mut self, cx: &mut Context<'_>) -> Step {
+        let now = tokio::time::Instant::now();
+        if let Some(since) = self.write_stalled_since
+            && now.saturating_duration_since(since) >= self.write_stall_timeout
+        {
+            return self.fail(Error::Timeout(
+                "writing to the tunnel (the peer reads nothing)",
+                self.write_stall_timeout,
+            ));
+        }
+        let session_deadline = self
+            .shared
+            .lock()
+            .session
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std);
+        if let Some(deadline) = session_deadline
+            && deadline <= now
+        {
+            let mut state = self.shared.lock();
+            state.session.handle_timeout(now.into_std());
+            state.dispatch_events();
+            return Step::Progress;
+        }
+        let stall_deadline = self
+            .write_stalled_since
+            .map(|since| since + self.write_stall_timeout);
+        let next = match (session_deadline, stall_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match next {
+            Some(deadline) if self.arm_timer(cx, deadline) => Step::Progress,
+            _ => Step::Idle,
+        }
+    }
+
+    /// Sets the timer to `deadline`; whether it already fired.
+    fn arm_timer(&mut self, cx: &mut Context<'_>, deadline: tokio::time::Instant) -> bool {
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        self.timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// The session is closed: flush what is queued (for at most [`CLOSE_FLUSH_TIMEOUT`]),
+    /// shut the socket down and finish.
+    fn drive_close(&mut self, cx: &mut Context<'_>) -> Step {
+        let now = tokio::time::Instant::now();
+        let deadline = *self.close_deadline.get_or_insert(now + CLOSE_FLUSH_TIMEOUT);
+        if now >= deadline {
+            tracing::debug!("giving up flushing a closed tunnel: the peer reads nothing");
+            return Step::Finished(self.failure.take().map_or(Ok(()), Err));
+        }
+        if self.pending_write.is_some() || self.needs_flush {
+            return if self.arm_timer(cx, deadline) {
+                Step::Progress
+            } else {
+                Step::Idle
+            };
+        }
+        match Pin::new(&mut self.io).poll_shutdown(cx) {
+            Poll::Pending => {
+                if self.arm_timer(cx, deadline) {
+                    Step::Progress
+                } else {
+                    Step::Idle
+                }
+            }
+            Poll::Ready(_) => Step::Finished(self.failure.take().map_or(Ok(()), Err)),
+        }
     }
 }
 
@@ -340,9 +549,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = self.get_mut();
-        let shared = this.shared.clone();
         {
-            let mut state = shared.lock();
+            let mut state = this.shared.lock();
             if !state
                 .driver
                 .as_ref()
@@ -355,122 +563,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
         // never across socket I/O: with TLS, reading and writing include decryption and
         // encryption, and stream tasks must not wait for those.
         for _ in 0..MAX_ROUNDS {
-            let mut progress = false;
-
             // Output first: it frees buffer space for writers and returns credit to the peer.
-            loop {
-                if this.pending_write.is_none() {
-                    let mut state = shared.lock();
-                    this.pending_write = state.session.poll_transmit();
-                    state.dispatch_events();
-                }
-                let Some(buf) = this.pending_write.as_mut() else {
-                    break;
-                };
-                match Pin::new(&mut this.io).poll_write(cx, buf) {
-                    Poll::Ready(Ok(0)) => {
-                        let err =
-                            Error::io("writing to the tunnel", io::ErrorKind::WriteZero.into());
-                        this.close_with(&mut shared.lock(), &err);
-                        return Poll::Ready(Err(err));
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        buf.advance(n);
-                        if buf.is_empty() {
-                            this.pending_write = None;
-                        }
-                        this.needs_flush = true;
-                        progress = true;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        let err = Error::io("writing to the tunnel", e);
-                        this.close_with(&mut shared.lock(), &err);
-                        return Poll::Ready(Err(err));
-                    }
-                    Poll::Pending => break,
-                }
-            }
-            if this.needs_flush && this.pending_write.is_none() {
-                match Pin::new(&mut this.io).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => this.needs_flush = false,
-                    Poll::Ready(Err(e)) => {
-                        let err = Error::io("flushing the tunnel", e);
-                        this.close_with(&mut shared.lock(), &err);
-                        return Poll::Ready(Err(err));
-                    }
-                    Poll::Pending => {}
-                }
-            }
-
-            let input_paused = {
-                let mut state = shared.lock();
-                if state.session.closed_reason().is_some() {
-                    drop(state);
-                    if this.pending_write.is_some() || this.needs_flush {
-                        return Poll::Pending;
-                    }
-                    return match Pin::new(&mut this.io).poll_shutdown(cx) {
-                        Poll::Pending => Poll::Pending,
-                        Poll::Ready(_) => Poll::Ready(this.failure.take().map_or(Ok(()), Err)),
-                    };
-                }
-                // Input, unless the session asks us to hold off (backpressure to the socket).
-                state.input_paused = !state.session.wants_input();
-                state.input_paused
-            };
-            if !input_paused {
-                if this.read_buf.capacity() - this.read_buf.len() < READ_CHUNK / 4 {
-                    this.read_buf.reserve(READ_CHUNK);
-                }
-                match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.read_buf)
-                {
-                    Poll::Ready(Ok(0)) => {
-                        let mut state = shared.lock();
-                        state.session.receive_eof();
-                        state.dispatch_events();
-                        return Poll::Ready(Ok(()));
-                    }
-                    Poll::Ready(Ok(_)) => {
-                        let now = tokio::time::Instant::now().into_std();
-                        let mut state = shared.lock();
-                        let result = state.session.receive(&mut this.read_buf, now);
-                        state.dispatch_events();
-                        if let Err(err) = result {
-                            tracing::warn!(%err, "closing a corrupt tunnel");
-                            this.failure = Some(err);
-                        }
-                        progress = true;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        let err = Error::io("reading from the tunnel", e);
-                        this.close_with(&mut shared.lock(), &err);
-                        return Poll::Ready(Err(err));
-                    }
-                    Poll::Pending => {}
-                }
-            }
-
-            // Timers.
-            let deadline = shared.lock().session.poll_timeout();
-            if let Some(deadline) = deadline {
-                let deadline = tokio::time::Instant::from_std(deadline);
-                if deadline <= tokio::time::Instant::now() {
-                    let mut state = shared.lock();
-                    state
-                        .session
-                        .handle_timeout(tokio::time::Instant::now().into_std());
-                    state.dispatch_events();
+            let mut progress = false;
+            let mut run = |step: Step| match step {
+                Step::Finished(result) => Some(result),
+                Step::Progress => {
                     progress = true;
-                } else {
-                    if this.timer.deadline() != deadline {
-                        this.timer.as_mut().reset(deadline);
-                    }
-                    if this.timer.as_mut().poll(cx).is_ready() {
-                        progress = true;
-                    }
+                    None
+                }
+                Step::Idle => None,
+            };
+            if let Some(result) = run(this.drive_transmit(cx)) {
+                return Poll::Ready(result);
+            }
+            if this.shared.lock().session.closed_reason().is_some() {
+                if let Some(result) = run(this.drive_close(cx)) {
+                    return Poll::Ready(result);
+                }
+            } else {
+                if let Some(result) = run(this.drive_receive(cx)) {
+                    return Poll::Ready(result);
+                }
+                if let Some(result) = run(this.drive_timers(cx)) {
+                    return Poll::Ready(result);
                 }
             }
-
             if !progress {
                 return Poll::Pending;
             }

@@ -16,6 +16,7 @@
 //! See `docs/protocol.md` for the wire format and `docs/security.md` for the trust model.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod control;
@@ -23,6 +24,7 @@ pub mod driver;
 pub mod envelope;
 pub mod error;
 pub mod headers;
+pub mod http_server;
 pub mod issue;
 pub mod locate;
 pub mod pki;

@@ -25,8 +25,12 @@ use crate::pki::verify::{ClientVerifier, ServerVerifier, check_peer_ip};
 use crate::pki::{Rejection, TLS_VERSIONS, TlsIdentity, crypto_provider};
 use crate::transport::{Established, Transport};
 
-/// Default deadline for a TLS handshake (including a lazy certificate signing).
+/// Default deadline for a whole TLS handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default deadline for a client's complete ClientHello, counted from the TCP accept: a
+/// connection that says nothing (or dribbles) loses its handshake slot quickly.
+pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default deadline for the TCP connect to the server.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,6 +79,7 @@ enum ServerMode {
 pub struct TlsAcceptor {
     mode: ServerMode,
     handshake_timeout: Duration,
+    client_hello_timeout: Duration,
     offer_binary: bool,
 }
 
@@ -87,13 +92,15 @@ impl std::fmt::Debug for TlsAcceptor {
         f.debug_struct("TlsAcceptor")
             .field("mode", &mode)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("client_hello_timeout", &self.client_hello_timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl TlsAcceptor {
-    /// ARN mode: certificates from `manager`, agents verified against `roots` and bound to
-    /// the manager's server ARN and to their TCP peer IP.
+    /// ARN mode: the certificate `manager` keeps (run [`ServerCertManager::maintain`]
+    /// beside the acceptor), agents verified against `roots` and bound to the manager's
+    /// server ARN and to their TCP peer IP.
     pub fn arn(manager: Arc<ServerCertManager>, roots: Arc<RootCertStore>) -> Result<Self> {
         let own_arn = manager.config().server_arn.clone();
         let verifier = Arc::new(ClientVerifier::new(roots, Some(own_arn))?);
@@ -104,6 +111,7 @@ impl TlsAcceptor {
                 config: Mutex::new(None),
             },
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            client_hello_timeout: DEFAULT_CLIENT_HELLO_TIMEOUT,
             offer_binary: true,
         })
     }
@@ -115,6 +123,7 @@ impl TlsAcceptor {
         Ok(TlsAcceptor {
             mode: ServerMode::Static { config },
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            client_hello_timeout: DEFAULT_CLIENT_HELLO_TIMEOUT,
             offer_binary: true,
         })
     }
@@ -128,6 +137,13 @@ impl TlsAcceptor {
     /// The handshake deadline.
     pub fn handshake_timeout(&self) -> Duration {
         self.handshake_timeout
+    }
+
+    /// Sets the deadline for the complete ClientHello (default 5 s; capped by the handshake
+    /// deadline).
+    pub fn with_client_hello_timeout(mut self, timeout: Duration) -> Self {
+        self.client_hello_timeout = timeout;
+        self
     }
 
     /// Runs the server handshake on an accepted stream from `peer`, within the deadline.
@@ -153,8 +169,12 @@ impl TlsAcceptor {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let context = || format!("TLS handshake with {peer}");
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+        let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = tokio::time::timeout(self.client_hello_timeout, hello)
             .await
+            .map_err(|_| {
+                Error::Timeout("waiting for the TLS ClientHello", self.client_hello_timeout)
+            })?
             .map_err(|e| handshake_error(context(), e))?;
         let config = match &self.mode {
             ServerMode::Static { config } => config.clone(),
@@ -162,10 +182,7 @@ impl TlsAcceptor {
                 manager,
                 verifier,
                 config,
-            } => {
-                let certified = manager.certificate_for(peer.ip()).await?;
-                self.config_for(config, verifier, certified)?
-            }
+            } => self.config_for(config, verifier, manager.current()?)?,
         };
         let stream = start
             .into_stream(config)
@@ -325,7 +342,7 @@ impl TlsConnector {
             .await
             .map_err(|_| Error::Timeout("connecting to the server", self.connect_timeout))?
             .map_err(|e| Error::io(format!("connecting to {address}"), e))?;
-        let _ = tcp.set_nodelay(true);
+        crate::transport::tune_tunnel_socket(&tcp);
         self.handshake(tcp, address).await
     }
 }
@@ -408,7 +425,7 @@ impl Transport for TlsTransport {
             .accept()
             .await
             .map_err(|e| Error::io("accepting a tunnel connection", e))?;
-        let _ = stream.set_nodelay(true);
+        crate::transport::tune_tunnel_socket(&stream);
         Ok((stream, peer))
     }
 

@@ -1,4 +1,5 @@
-//! The server's lazy certificate manager and the agent's certificate cache.
+//! The server's certificate manager (signed at start, renewed in the background, never
+//! because of a connection) and the agent's certificate cache.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -54,160 +55,120 @@ fn manager_with(issuer: Arc<CountingIssuer>, config: ServerCertConfig) -> Arc<Se
     Arc::new(ServerCertManager::new(config, issuer).unwrap())
 }
 
+/// Waits (up to 5 s) until `manager` made `signings` signings.
+async fn wait_for_signings(manager: &ServerCertManager, signings: u64) {
+    let started = std::time::Instant::now();
+    while manager.signings() < signings {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "only {} signings",
+            manager.signings()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
-async fn first_connection_signs_once_and_later_ones_reuse() {
+async fn the_certificate_is_signed_at_start_and_clients_never_cause_signings() {
     let ca = new_ca();
     let issuer = CountingIssuer::new(ca.clone());
     let manager = manager_with(issuer.clone(), ServerCertConfig::new(ARN, ip("127.0.0.1")));
-    assert!(
-        manager.current().is_none(),
-        "no certificate before the first agent"
-    );
     let (address, _server) = serve(TlsAcceptor::arn(manager.clone(), roots(&ca)).unwrap()).await;
     let connector =
         TlsConnector::arn(&identity(&ca, ARN, &[ip("127.0.0.1")]), roots(&ca), ARN).unwrap();
 
+    // Before the first certificate, a handshake fails at once with the reason; it signs
+    // nothing itself.
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(connector.handshake(tcp, address).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let err = manager.current().unwrap_err();
+    assert!(err.to_string().contains("no certificate yet"), "{err}");
+    assert_eq!(issuer.calls(), 0);
+
+    let _renewal = tokio::spawn(manager.clone().maintain());
+    wait_for_signings(&manager, 1).await;
     connect_from(&connector, ip("127.0.0.1"), address).await;
-    assert_eq!(manager.signings(), 1);
-    for _ in 0..3 {
-        connect_from(&connector, ip("127.0.0.1"), address).await;
+
+    // Agents from new addresses: no signing, and the certificate names the server alone
+    // (what strangers are shown is tested against the server binary in system-tests).
+    for last in 2..=12 {
+        let source = ip(&format!("127.0.0.{last}"));
+        let agent = TlsConnector::arn(&identity(&ca, ARN, &[source]), roots(&ca), ARN).unwrap();
+        connect_from(&agent, source, address).await;
     }
+    let info = manager.info().unwrap();
+    assert_eq!(info.ip_addresses, vec![ip("127.0.0.1")]);
+    assert_eq!(info.arn(), Some(ARN));
     assert_eq!(manager.signings(), 1);
     assert_eq!(issuer.calls(), 1);
-    let current = manager.current().unwrap();
-    assert_eq!(current.arn(), Some(ARN));
-    assert_eq!(current.ip_addresses, vec![ip("127.0.0.1")]);
 }
 
 #[tokio::test]
-async fn fifty_concurrent_first_connections_from_one_ip_sign_once() {
+async fn fifty_concurrent_refreshes_sign_once() {
     let ca = new_ca();
-    // A slow CA, so the fifty handshakes really overlap the signing.
+    // A slow CA, so the refreshes really overlap the signing.
     let issuer = CountingIssuer::slow(ca.clone(), Duration::from_millis(300));
     let manager = manager_with(issuer.clone(), ServerCertConfig::new(ARN, ip("127.0.0.1")));
-    let (address, _server) = serve(TlsAcceptor::arn(manager.clone(), roots(&ca)).unwrap()).await;
-    let connector =
-        TlsConnector::arn(&identity(&ca, ARN, &[ip("127.0.0.1")]), roots(&ca), ARN).unwrap();
-
-    let mut clients = Vec::new();
+    let mut refreshes = Vec::new();
     for _ in 0..50 {
-        let connector = connector.clone();
-        clients.push(tokio::spawn(async move {
-            connect_from(&connector, ip("127.0.0.1"), address).await;
-        }));
+        let manager = manager.clone();
+        refreshes.push(tokio::spawn(async move { manager.refresh().await }));
     }
-    for client in clients {
-        client.await.unwrap();
+    for refresh in refreshes {
+        refresh.await.unwrap().unwrap();
     }
     assert_eq!(issuer.calls(), 1);
     assert_eq!(manager.signings(), 1);
 }
 
 #[tokio::test]
-async fn a_second_agent_ip_gets_a_certificate_listing_both() {
-    let ca = new_ca();
-    let issuer = CountingIssuer::new(ca.clone());
-    let manager = manager_with(issuer.clone(), ServerCertConfig::new(ARN, ip("127.0.0.1")));
-    let (address, _server) = serve(TlsAcceptor::arn(manager.clone(), roots(&ca)).unwrap()).await;
-    let agent_one =
-        TlsConnector::arn(&identity(&ca, ARN, &[ip("127.0.0.1")]), roots(&ca), ARN).unwrap();
-    let agent_two =
-        TlsConnector::arn(&identity(&ca, ARN, &[ip("127.0.0.2")]), roots(&ca), ARN).unwrap();
-
-    connect_from(&agent_one, ip("127.0.0.1"), address).await;
-    connect_from(&agent_two, ip("127.0.0.2"), address).await;
-    assert_eq!(manager.signings(), 2);
-    let current = manager.current().unwrap();
-    assert_eq!(current.ip_addresses, vec![ip("127.0.0.1"), ip("127.0.0.2")]);
-    // Both agents keep working with the new certificate, without more signings.
-    connect_from(&agent_one, ip("127.0.0.1"), address).await;
-    connect_from(&agent_two, ip("127.0.0.2"), address).await;
-    assert_eq!(manager.signings(), 2);
-}
-
-#[tokio::test]
-async fn the_san_list_is_bounded_and_drops_the_least_recently_seen() {
-    let ca = new_ca();
-    let issuer = CountingIssuer::new(ca.clone());
-    let mut config = ServerCertConfig::new(ARN, ip("192.0.2.1"));
-    config.max_agent_ips = 3;
-    let manager = manager_with(issuer.clone(), config);
-    for last in 1..=3 {
-        manager
-            .certificate_for(ip(&format!("198.51.100.{last}")))
-            .await
-            .unwrap();
-    }
-    // .1 is seen again (no signing), so .2 is now the least recently seen.
-    manager.certificate_for(ip("198.51.100.1")).await.unwrap();
-    assert_eq!(manager.signings(), 3);
-    manager.certificate_for(ip("198.51.100.4")).await.unwrap();
-    let ips = manager.current().unwrap().ip_addresses;
-    assert_eq!(
-        ips,
-        vec![
-            ip("192.0.2.1"),
-            ip("198.51.100.4"),
-            ip("198.51.100.1"),
-            ip("198.51.100.3")
-        ]
-    );
-    // Many more IPs never grow it past the bound.
-    for last in 10..60 {
-        manager
-            .certificate_for(ip(&format!("198.51.100.{last}")))
-            .await
-            .unwrap();
-    }
-    assert_eq!(manager.current().unwrap().ip_addresses.len(), 1 + 3);
-}
-
-#[tokio::test]
-async fn one_ip_cannot_trigger_signings_faster_than_the_interval() {
-    let ca = new_ca();
-    let issuer = CountingIssuer::new(ca.clone());
-    let mut config = ServerCertConfig::new(ARN, ip("192.0.2.1"));
-    config.max_agent_ips = 1;
-    let manager = manager_with(issuer.clone(), config);
-    manager.certificate_for(ip("198.51.100.1")).await.unwrap();
-    manager.certificate_for(ip("198.51.100.2")).await.unwrap(); // evicts .1
-    // .1 comes back within the interval: it is served the current certificate, unsigned.
-    let served = manager.certificate_for(ip("198.51.100.1")).await.unwrap();
-    assert_eq!(issuer.calls(), 2);
-    let info = fluidity_core::pki::CertificateInfo::parse(&served.cert[0]).unwrap();
-    assert!(
-        info.has_ip(ip("192.0.2.1")),
-        "the server's own IP is always listed"
-    );
-}
-
-#[tokio::test]
-async fn a_failed_signing_backs_off_and_recovers() {
+async fn a_failed_signing_is_reported_retried_with_backoff_and_recovers() {
     let ca = new_ca();
     let issuer = CountingIssuer::new(ca.clone());
     issuer.fail.store(true, Ordering::SeqCst);
     let mut config = ServerCertConfig::new(ARN, ip("192.0.2.1"));
-    config.failure_backoff = Duration::from_millis(300);
+    config.retry = (Duration::from_millis(100), Duration::from_millis(200));
     let manager = manager_with(issuer.clone(), config);
-    let first = manager
-        .certificate_for(ip("198.51.100.1"))
-        .await
-        .unwrap_err();
+    let first = manager.refresh().await.unwrap_err();
     assert!(first.to_string().contains("CA unavailable"), "{first}");
-    // During the backoff, other connections fail fast without calling the CA.
-    let second = manager
-        .certificate_for(ip("198.51.100.2"))
-        .await
-        .unwrap_err();
+    let shown = manager.current().unwrap_err();
+    assert!(shown.to_string().contains("CA unavailable"), "{shown}");
+
+    let _renewal = tokio::spawn(manager.clone().maintain());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failed_calls = issuer.calls();
     assert!(
-        second.to_string().contains("last signing failed"),
-        "{second}"
+        (2..=7).contains(&failed_calls),
+        "retries follow the backoff, not a loop: {failed_calls} calls"
     );
-    assert_eq!(issuer.calls(), 1);
     issuer.fail.store(false, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    manager.certificate_for(ip("198.51.100.2")).await.unwrap();
-    assert_eq!(issuer.calls(), 2);
+    wait_for_signings(&manager, 1).await;
+    manager.current().unwrap();
+}
+
+#[tokio::test]
+async fn a_certificate_due_for_renewal_is_renewed_in_the_background() {
+    let ca = new_ca();
+    let issuer = CountingIssuer::new(ca.clone());
+    // The first certificate is signed as if 23 h ago: valid, but past 90 % of its life.
+    issuer.shift_next.store(-23 * 3600, Ordering::SeqCst);
+    let manager = manager_with(issuer.clone(), ServerCertConfig::new(ARN, ip("192.0.2.1")));
+    let _renewal = tokio::spawn(manager.clone().maintain());
+    wait_for_signings(&manager, 2).await;
+    let info = manager.info().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        info.not_after - now > 23 * 3600,
+        "renewed for a full lifetime"
+    );
+    // And it stays: no renewal loop.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(manager.signings(), 2);
 }
 
 #[tokio::test]
@@ -218,7 +179,7 @@ async fn the_server_certificate_and_key_persist_in_the_cache_dir() {
     let mut config = ServerCertConfig::new(ARN, ip("192.0.2.1"));
     config.cache_dir = Some(dir.path().join("server"));
     let manager = manager_with(issuer.clone(), config.clone());
-    manager.certificate_for(ip("198.51.100.1")).await.unwrap();
+    manager.refresh().await.unwrap();
     assert_eq!(issuer.calls(), 1);
     #[cfg(unix)]
     {
@@ -231,19 +192,51 @@ async fn the_server_certificate_and_key_persist_in_the_cache_dir() {
     }
     drop(manager);
 
-    // A restarted server (same task) reuses both for a known agent.
+    // A restarted server (same task) reuses both.
     let restarted = manager_with(issuer.clone(), config.clone());
-    assert!(restarted.current().is_some());
-    restarted.certificate_for(ip("198.51.100.1")).await.unwrap();
+    restarted.current().unwrap();
+    restarted.refresh().await.unwrap();
     assert_eq!(issuer.calls(), 1);
 
     // A new task (new ARN) does not reuse the old certificate.
-    let mut new_task = config;
+    let mut new_task = config.clone();
     new_task.server_arn = OTHER_ARN.to_owned();
     let replaced = manager_with(issuer.clone(), new_task);
-    assert!(replaced.current().is_none());
-    replaced.certificate_for(ip("198.51.100.1")).await.unwrap();
+    assert!(replaced.current().is_err());
+    replaced.refresh().await.unwrap();
     assert_eq!(issuer.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_cached_certificate_listing_agent_addresses_is_not_reused() {
+    let ca = new_ca();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerCertConfig::new(ARN, ip("192.0.2.1"));
+    config.cache_dir = Some(dir.path().join("server"));
+    let issuer = CountingIssuer::new(ca.clone());
+    drop(manager_with(issuer.clone(), config.clone()));
+    // What an earlier version cached: the server's key, with agents' IPs in the SANs.
+    let key_pem = std::fs::read_to_string(dir.path().join("server/server.key")).unwrap();
+    let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+    let request =
+        fluidity_core::pki::csr::build(&key, ARN, &[ip("192.0.2.1"), ip("198.51.100.7")]).unwrap();
+    let issued = ca
+        .authority()
+        .sign(&request, std::time::SystemTime::now())
+        .unwrap();
+    std::fs::write(
+        dir.path().join("server/server.crt"),
+        format!("{}{}", issued.certificate_pem, issued.chain_pem.concat()),
+    )
+    .unwrap();
+
+    let manager = manager_with(issuer.clone(), config);
+    assert!(
+        manager.current().is_err(),
+        "an old certificate with agent IPs is dropped"
+    );
+    manager.refresh().await.unwrap();
+    assert_eq!(manager.info().unwrap().ip_addresses, vec![ip("192.0.2.1")]);
 }
 
 // ---------------------------------------------------------------------------------------

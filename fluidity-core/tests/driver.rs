@@ -352,3 +352,101 @@ async fn deferred_http_answers_after_reading_the_body_with_split_handles() {
         upload.await.unwrap();
     }
 }
+
+/// Binary frames as a hostile client writes them: `hello`, then `pings` pings.
+fn hello_then_pings(pings: usize) -> Vec<u8> {
+    use fluidity_core::envelope::{Envelope, Heartbeat, Hello, PROTOCOL_VERSION, capability};
+    let mut codec = CodecKind::Binary.new_codec(1 << 20);
+    let mut out = bytes::BytesMut::new();
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        capabilities: vec![capability::HEARTBEAT.into()],
+        initial_window: 1 << 18,
+        connection_window: 1 << 24,
+        max_frame_size: 1 << 20,
+    };
+    codec.encode(&Envelope::Hello(hello), &mut out).unwrap();
+    for nonce in 0..pings {
+        codec
+            .encode(
+                &Envelope::Ping(Heartbeat {
+                    nonce: nonce as u64,
+                }),
+                &mut out,
+            )
+            .unwrap();
+    }
+    out.to_vec()
+}
+
+/// A peer that floods pings and never reads: the driver stops reading once its replies
+/// back up, then closes the tunnel when nothing it writes is read for the idle timeout.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_reads_is_closed_and_the_driver_ends() {
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let config = SessionConfig {
+        idle_timeout: Duration::from_secs(3),
+        heartbeat_interval: Duration::from_secs(1),
+        ..SessionConfig::default()
+    };
+    let session = Session::new(Role::Server, CodecKind::Binary, config, Instant::now());
+    let (connection, driver) = Connection::new(ours, session);
+    let driver = tokio::spawn(driver);
+    let flood = hello_then_pings(400_000);
+    let writer = tokio::spawn(async move {
+        // Writes until the driver stops reading (the pipe fills), never reads.
+        let _ = theirs.write_all(&flood).await;
+        std::future::pending::<()>().await;
+    });
+    let result = tokio::time::timeout(Duration::from_secs(30), driver)
+        .await
+        .expect("the driver ends")
+        .unwrap();
+    assert!(
+        matches!(result, Err(Error::Timeout(what, _)) if what.contains("reads nothing")),
+        "{result:?}"
+    );
+    let reason = connection.closed_reason().unwrap();
+    assert!(reason.contains("reads nothing"), "{reason}");
+    writer.abort();
+}
+
+/// After a local close, the driver tries to flush for a bounded time, then gives up: a peer
+/// that reads nothing cannot keep it (and its socket) alive.
+#[tokio::test(start_paused = true)]
+async fn the_final_flush_after_close_has_a_deadline() {
+    let (ours, theirs) = tokio::io::duplex(1024);
+    let session = Session::new(
+        Role::Client,
+        CodecKind::Binary,
+        SessionConfig::default(),
+        Instant::now(),
+    );
+    let (connection, driver) = Connection::new(ours, session);
+    let driver = tokio::spawn(driver);
+    // Queue more than the pipe holds (a request head with a large header), then close; the
+    // peer never reads.
+    let headers = [("X-Large".to_owned(), vec!["x".repeat(64 * 1024)])].into();
+    let stream = connection
+        .open(Target::Http {
+            method: "POST".into(),
+            url: "http://example.com/".into(),
+            headers,
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    connection.close("done");
+    drop(stream);
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), driver)
+        .await
+        .expect("the driver gives up flushing")
+        .unwrap()
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited <= Duration::from_secs(6),
+        "{waited:?}"
+    );
+    drop(theirs);
+}

@@ -71,12 +71,14 @@ fn static_server(
     TlsAcceptor::static_identity(identity, roots(ca)).unwrap()
 }
 
-fn arn_server(
+/// An ARN-mode acceptor whose certificate is already signed (as a server's start does).
+async fn arn_server(
     ca: &Arc<fluidity_core::pki::local_ca::LocalCa>,
 ) -> (TlsAcceptor, Arc<ServerCertManager>) {
     let manager = Arc::new(
         ServerCertManager::new(ServerCertConfig::new(ARN, ip("127.0.0.1")), ca.clone()).unwrap(),
     );
+    manager.refresh().await.unwrap();
     (
         TlsAcceptor::arn(manager.clone(), roots(ca)).unwrap(),
         manager,
@@ -218,7 +220,7 @@ async fn server_accepts_the_right_agent_and_rejects_each_wrong_one() {
     let now = SystemTime::now();
 
     let good = identity(&ca, ARN, &[ip("127.0.0.1")]);
-    let (acceptor, _) = arn_server(&ca);
+    let (acceptor, _) = arn_server(&ca).await;
     let connector = TlsConnector::arn(&good, roots(&ca), ARN).unwrap();
     let (server, client) = handshake(acceptor, async |a| connect(&connector, a).await).await;
     assert_eq!(server.unwrap(), CodecKind::Binary);
@@ -269,7 +271,7 @@ async fn server_accepts_the_right_agent_and_rejects_each_wrong_one() {
         ),
     ];
     for (name, agent_identity, expected) in cases {
-        let (acceptor, _) = arn_server(&ca);
+        let (acceptor, _) = arn_server(&ca).await;
         // The agent trusts the server; only the server's judgement is under test.
         let connector = TlsConnector::arn(&agent_identity, roots(&ca), ARN).unwrap();
         let (server, _) = handshake(acceptor, async |a| connect(&connector, a).await).await;
@@ -282,7 +284,7 @@ async fn server_accepts_the_right_agent_and_rejects_each_wrong_one() {
 #[tokio::test]
 async fn server_rejects_an_agent_without_a_certificate() {
     let ca = new_ca();
-    let (acceptor, _) = arn_server(&ca);
+    let (acceptor, _) = arn_server(&ca).await;
     let config = rustls::ClientConfig::builder_with_provider(fluidity_core::pki::crypto_provider())
         .with_protocol_versions(fluidity_core::pki::TLS_VERSIONS)
         .unwrap()
@@ -311,7 +313,7 @@ async fn server_rejects_an_agent_without_a_certificate() {
 async fn server_rejects_a_tls_1_2_only_agent() {
     let ca = new_ca();
     let agent = identity(&ca, ARN, &[ip("127.0.0.1")]);
-    let (acceptor, _) = arn_server(&ca);
+    let (acceptor, _) = arn_server(&ca).await;
     let config = rustls::ClientConfig::builder_with_provider(fluidity_core::pki::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()
@@ -340,7 +342,7 @@ async fn server_rejects_a_tls_1_2_only_agent() {
 async fn a_go_style_agent_without_alpn_gets_the_json_codec() {
     let ca = new_ca();
     let agent = identity(&ca, ARN, &[ip("127.0.0.1")]);
-    let (acceptor, _) = arn_server(&ca);
+    let (acceptor, _) = arn_server(&ca).await;
     let connector = TlsConnector::arn(&agent, roots(&ca), ARN)
         .unwrap()
         .without_alpn();
@@ -373,7 +375,7 @@ async fn static_mode_verifies_chains_and_names_without_arns() {
 #[tokio::test]
 async fn a_silent_client_is_dropped_at_the_handshake_deadline() {
     let ca = new_ca();
-    let (acceptor, manager) = arn_server(&ca);
+    let (acceptor, manager) = arn_server(&ca).await;
     let acceptor = acceptor.with_handshake_timeout(Duration::from_millis(200));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -385,7 +387,40 @@ async fn a_silent_client_is_dropped_at_the_handshake_deadline() {
         "{result:?}"
     );
     // A TCP connection that never sent a ClientHello caused no signing.
-    assert_eq!(manager.signings(), 0);
+    assert_eq!(manager.signings(), 1);
+}
+
+#[tokio::test]
+async fn a_client_dribbling_its_hello_is_dropped_at_the_hello_deadline() {
+    let ca = new_ca();
+    let (acceptor, _) = arn_server(&ca).await;
+    let acceptor = acceptor.with_client_hello_timeout(Duration::from_millis(300));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut slow = TcpStream::connect(address).await.unwrap();
+    let (tcp, peer) = listener.accept().await.unwrap();
+    // A TLS record header announcing a 512-byte handshake message, then a byte at a time.
+    let dribble = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if slow.write_all(&[0x01]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let result = acceptor.accept(tcp, peer).await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::Timeout("waiting for the TLS ClientHello", _))
+        ),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    dribble.abort();
 }
 
 /// The whole stack: a session multiplexed over the mutual-TLS transport, both sides built
@@ -399,7 +434,7 @@ async fn a_session_runs_over_the_tls_transport() {
     use std::time::Instant;
 
     let ca = new_ca();
-    let (acceptor, _) = arn_server(&ca);
+    let (acceptor, _) = arn_server(&ca).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let server = Arc::new(TlsTransport::server(listener, acceptor));

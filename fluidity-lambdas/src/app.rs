@@ -65,6 +65,9 @@ pub struct Settings {
     /// `IDLE_THRESHOLD_MINUTES` (default 15; `IDLE_THRESHOLD_MINS`, the Go template's name,
     /// is accepted too).
     pub idle_threshold: Duration,
+    /// `KILL_SETTLE_SECONDS` (default 300): how long after a Kill request Sleep first acts
+    /// on it (see the Kill handler).
+    pub kill_settle: Duration,
     /// `METRICS_NAMESPACE` (default `Fluidity`).
     pub metrics_namespace: String,
     /// `CA_SECRET_NAME` (default `fluidity/ca-certificate`).
@@ -94,10 +97,22 @@ impl Settings {
                     }
                 },
             };
+        let kill_settle = match get("KILL_SETTLE_SECONDS") {
+            None => sleep::SleepConfig::default().kill_settle,
+            Some(text) => match text.trim().parse::<u64>() {
+                Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
+                _ => {
+                    return Err(Error::Settings(format!(
+                        "KILL_SETTLE_SECONDS={text:?} is not a positive number of seconds"
+                    )));
+                }
+            },
+        };
         Ok(Settings {
             cluster: required("ECS_CLUSTER_NAME")?,
             service: required("ECS_SERVICE_NAME")?,
             idle_threshold,
+            kill_settle,
             metrics_namespace: get("METRICS_NAMESPACE").unwrap_or_else(|| "Fluidity".into()),
             ca_secret: get("CA_SECRET_NAME").unwrap_or_else(|| "fluidity/ca-certificate".into()),
         })
@@ -138,14 +153,14 @@ impl ControlPlane {
         ecs: Arc<dyn EcsService>,
         metrics: Arc<dyn ActivityMetrics>,
         ca_source: Arc<dyn CaKeySource>,
-        idle_threshold: Duration,
+        sleep: sleep::SleepConfig,
     ) -> Self {
         ControlPlane {
             ecs,
             metrics,
             ca_source,
             authority: OnceCell::new(),
-            sleep: sleep::SleepConfig { idle_threshold },
+            sleep,
         }
     }
 
@@ -182,7 +197,10 @@ impl ControlPlane {
             Arc::new(ecs),
             metrics,
             ca_source,
-            settings.idle_threshold,
+            sleep::SleepConfig {
+                idle_threshold: settings.idle_threshold,
+                kill_settle: settings.kill_settle,
+            },
         ))
     }
 
@@ -205,7 +223,7 @@ impl ControlPlane {
             Function::Wake => answer(wake::wake(self.ecs.as_ref(), caller, now).await),
             // The instance id is opaque: cluster and service come from the environment.
             Function::Query => answer(query::query(self.ecs.as_ref()).await),
-            Function::Kill => answer(kill::kill(self.ecs.as_ref(), self.metrics.as_ref()).await),
+            Function::Kill => answer(kill::kill(self.ecs.as_ref(), SystemTime::now()).await),
             Function::Sleep => answer(
                 sleep::sleep(self.ecs.as_ref(), self.metrics.as_ref(), self.sleep, now).await,
             ),

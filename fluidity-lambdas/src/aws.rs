@@ -24,7 +24,30 @@ pub struct AwsEcs {
     service: String,
 }
 
+/// The service tag that records a Kill request (Unix seconds).
+const KILL_TAG: &str = "fluidity:kill-requested";
+
 impl AwsEcs {
+    /// The service as DescribeServices reports it, with its tags; `None` if it does not
+    /// exist (a deleted service stays listed for a while as INACTIVE).
+    async fn describe(&self) -> Result<Option<aws_sdk_ecs::types::Service>, Error> {
+        let answer = self
+            .tasks
+            .ecs()
+            .describe_services()
+            .cluster(&self.cluster)
+            .services(&self.service)
+            .include(aws_sdk_ecs::types::ServiceField::Tags)
+            .send()
+            .await
+            .map_err(|e| failed("ecs:DescribeServices", &e))?;
+        Ok(answer
+            .services()
+            .iter()
+            .find(|s| s.status() != Some("INACTIVE"))
+            .cloned())
+    }
+
     /// The service `service` in `cluster`.
     pub fn new(tasks: TaskDirectory, cluster: String, service: String) -> Self {
         AwsEcs {
@@ -42,25 +65,59 @@ impl EcsService for AwsEcs {
     }
 
     async fn state(&self) -> Result<Option<ServiceState>, Error> {
-        let answer = self
-            .tasks
-            .ecs()
-            .describe_services()
-            .cluster(&self.cluster)
-            .services(&self.service)
-            .send()
-            .await
-            .map_err(|e| failed("ecs:DescribeServices", &e))?;
-        // A deleted service stays listed for a while as INACTIVE.
-        Ok(answer
-            .services()
-            .iter()
-            .find(|s| s.status() != Some("INACTIVE"))
-            .map(|s| ServiceState {
-                desired: s.desired_count(),
-                running: s.running_count(),
-                pending: s.pending_count(),
-            }))
+        Ok(self.describe().await?.map(|service| {
+            let kill_requested = service
+                .tags()
+                .iter()
+                .find(|tag| tag.key() == Some(KILL_TAG))
+                .and_then(|tag| tag.value())
+                .and_then(|value| value.parse::<u64>().ok())
+                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+            ServiceState {
+                desired: service.desired_count(),
+                running: service.running_count(),
+                pending: service.pending_count(),
+                kill_requested,
+            }
+        }))
+    }
+
+    async fn set_kill_requested(&self, at: Option<SystemTime>) -> Result<(), Error> {
+        let arn = self
+            .describe()
+            .await?
+            .and_then(|service| service.service_arn().map(str::to_owned))
+            .ok_or_else(|| Error::ServiceNotFound {
+                cluster: self.cluster.clone(),
+                service: self.service.clone(),
+            })?;
+        let ecs = self.tasks.ecs();
+        match at {
+            Some(at) => {
+                let secs = at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let tag = aws_sdk_ecs::types::Tag::builder()
+                    .key(KILL_TAG)
+                    .value(secs.to_string())
+                    .build();
+                ecs.tag_resource()
+                    .resource_arn(arn)
+                    .tags(tag)
+                    .send()
+                    .await
+                    .map_err(|e| failed("ecs:TagResource", &e))?;
+            }
+            None => {
+                ecs.untag_resource()
+                    .resource_arn(arn)
+                    .tag_keys(KILL_TAG)
+                    .send()
+                    .await
+                    .map_err(|e| failed("ecs:UntagResource", &e))?;
+            }
+        }
+        Ok(())
     }
 
     async fn set_desired(&self, count: i32) -> Result<(), Error> {
@@ -144,6 +201,28 @@ impl CloudWatchActivity {
 
 #[async_trait]
 impl ActivityMetrics for CloudWatchActivity {
+    async fn tunnel_counts(&self, lookback: Duration) -> Result<Vec<(SystemTime, f64)>, Error> {
+        let now = SystemTime::now();
+        let answer = self
+            .client
+            .get_metric_data()
+            .metric_data_queries(self.query("tunnels", "ActiveTunnels"))
+            .start_time((now - lookback).into())
+            .end_time(now.into())
+            .send()
+            .await
+            .map_err(|e| failed("cloudwatch:GetMetricData", &e))?;
+        let mut counts = Vec::new();
+        for result in answer.metric_data_results() {
+            for (at, value) in result.timestamps().iter().zip(result.values()) {
+                if let Ok(at) = SystemTime::try_from(*at) {
+                    counts.push((at, *value));
+                }
+            }
+        }
+        Ok(counts)
+    }
+
     async fn activity(&self, lookback: Duration) -> Result<Activity, Error> {
         let now = SystemTime::now();
         let answer = self

@@ -17,6 +17,9 @@ pub struct ServiceState {
     pub running: i32,
     /// Pending tasks.
     pub pending: i32,
+    /// When an agent last asked Kill to stop the server (Sleep does the stopping once no
+    /// one else uses it; Wake cancels the request).
+    pub kill_requested: Option<SystemTime>,
 }
 
 pub use fluidity_aws::tasks::Task;
@@ -30,6 +33,8 @@ pub trait EcsService: Send + Sync {
     async fn state(&self) -> Result<Option<ServiceState>, Error>;
     /// Sets the desired count.
     async fn set_desired(&self, count: i32) -> Result<(), Error>;
+    /// Records (or with `None` clears) a Kill request on the service.
+    async fn set_kill_requested(&self, at: Option<SystemTime>) -> Result<(), Error>;
     /// The service's RUNNING tasks.
     async fn running_tasks(&self) -> Result<Vec<Task>, Error>;
 }
@@ -55,6 +60,17 @@ pub trait CaKeySource: Send + Sync {
 pub trait ActivityMetrics: Send + Sync {
     /// Activity over the last `lookback`.
     async fn activity(&self, lookback: std::time::Duration) -> Result<Activity, Error>;
+    /// Whether readings are the server's live state (its own `/health`), not datapoints that
+    /// arrive minutes late: one reading is then enough evidence.
+    fn live(&self) -> bool {
+        false
+    }
+    /// The open-tunnel counts reported over the last `lookback`: (time, the most open in
+    /// that minute), any order.
+    async fn tunnel_counts(
+        &self,
+        lookback: std::time::Duration,
+    ) -> Result<Vec<(SystemTime, f64)>, Error>;
 }
 
 /// The task the control plane hands out when several run: the oldest one (ties by ARN), so

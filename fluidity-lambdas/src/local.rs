@@ -52,6 +52,20 @@ impl HealthEndpointActivity {
 
 #[async_trait]
 impl ActivityMetrics for HealthEndpointActivity {
+    fn live(&self) -> bool {
+        true
+    }
+
+    /// The server's live count, as one datapoint now.
+    async fn tunnel_counts(&self, lookback: Duration) -> Result<Vec<(SystemTime, f64)>, Error> {
+        let activity = self.activity(lookback).await?;
+        Ok(activity
+            .active_tunnels
+            .map(|n| (SystemTime::now(), n))
+            .into_iter()
+            .collect())
+    }
+
     async fn activity(&self, _lookback: Duration) -> Result<Activity, Error> {
         let failed = |e: String| Error::backend("reading the server's /health", e);
         let response = self

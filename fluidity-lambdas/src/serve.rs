@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fluidity_core::http_server::HttpLimits;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -31,41 +31,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "local control plane listening");
-    let connections = tokio_util::task::TaskTracker::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // EMFILE and friends: wait instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    let limits = HttpLimits {
+        max_connections: 256,
+        header_read_timeout: READ_TIMEOUT,
+        max_header_size: 16 * 1024,
+        drain_timeout: Some(READ_TIMEOUT),
+    };
+    let service_for = |peer| {
         let plane = plane.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let plane = plane.clone();
-                async move { Ok::<_, Infallible>(route(&plane, request, peer).await) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "control-plane connection ended");
-            }
-        });
-    }
-    connections.close();
-    connections.wait().await;
+        hyper::service::service_fn(move |request| {
+            let plane = plane.clone();
+            async move { Ok::<_, Infallible>(route(&plane, request, peer).await) }
+        })
+    };
+    fluidity_core::http_server::serve(listener, limits, service_for, shutdown).await;
     Ok(())
 }
 

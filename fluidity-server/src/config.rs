@@ -15,8 +15,15 @@ pub struct ServerConfig {
     pub listen_addr: IpAddr,
     /// Port to listen on for tunnels (default 8443).
     pub listen_port: u16,
-    /// Most concurrent tunnels; the next one is refused and logged (default 100).
+    /// Most concurrent tunnels; the next one is refused and logged (default 100). A slot is
+    /// taken only after mutual authentication.
     pub max_connections: usize,
+    /// Most TLS handshakes in flight (unauthenticated connections); when full, a new
+    /// connection evicts the oldest handshake (default 256).
+    pub max_handshakes: usize,
+    /// Most handshakes in flight from one source address (an IPv6 /64 counts as one);
+    /// further connections from it are closed at once (default 8).
+    pub max_handshakes_per_ip: usize,
     /// `error`, `warn`, `info` (default), `debug` or `trace`.
     pub log_level: String,
 
@@ -65,15 +72,26 @@ pub struct ServerConfig {
     /// `ECS_CLUSTER_NAME` / `ECS_SERVICE_NAME`.
     #[serde(default, deserialize_with = "duration::deserialize_optional")]
     pub metrics_interval: Option<Duration>,
-    /// CIDRs the server never connects to. Unset: loopback, link-local and the cloud metadata
-    /// addresses. `[]` allows everything.
+    /// CIDRs the server never connects to. Unset: the server's own addresses and everything
+    /// that is not the public internet (loopback, private, shared, link-local and metadata,
+    /// multicast, broadcast, reserved and documentation ranges; `docs/configuration.md` lists
+    /// them). A list replaces the default; `[]` allows everything.
     pub egress_deny: Option<Vec<String>>,
+    /// CIDRs allowed even though `egress_deny` covers them (e.g. one internal service).
+    pub egress_allow: Vec<String>,
     /// How long to wait for in-flight streams on SIGTERM/SIGINT (default 10 s).
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
-    /// Deadline of each TLS handshake, certificate signing included (default 10 s).
+    /// Deadline of each whole TLS handshake (default 10 s).
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
+    /// Deadline for a connection's complete TLS ClientHello (default 5 s).
+    #[serde(with = "duration")]
+    pub client_hello_timeout: Duration,
+    /// Close a tunnel whose agent is silent (no heartbeat answer, no bytes) or reads nothing
+    /// we send for this long (default 30 s).
+    #[serde(with = "duration")]
+    pub dead_agent_timeout: Duration,
     /// Deadline for connecting to a target (default 10 s).
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
@@ -87,6 +105,8 @@ impl Default for ServerConfig {
             listen_addr: IpAddr::from([0, 0, 0, 0]),
             listen_port: 8443,
             max_connections: 100,
+            max_handshakes: 256,
+            max_handshakes_per_ip: 8,
             log_level: "info".into(),
             cert_file: None,
             key_file: None,
@@ -101,8 +121,11 @@ impl Default for ServerConfig {
             health_addr: None,
             metrics_interval: None,
             egress_deny: None,
+            egress_allow: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            client_hello_timeout: Duration::from_secs(5),
+            dead_agent_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             dev: false,
         }
@@ -114,6 +137,8 @@ impl ConfigKeys for ServerConfig {
         "listen_addr",
         "listen_port",
         "max_connections",
+        "max_handshakes",
+        "max_handshakes_per_ip",
         "log_level",
         "cert_file",
         "key_file",
@@ -128,8 +153,11 @@ impl ConfigKeys for ServerConfig {
         "health_addr",
         "metrics_interval",
         "egress_deny",
+        "egress_allow",
         "shutdown_grace",
         "handshake_timeout",
+        "client_hello_timeout",
+        "dead_agent_timeout",
         "connect_timeout",
         "dev",
     ];

@@ -35,9 +35,12 @@ pub fn apply_dev_defaults(config: &mut ServerConfig) {
     config.server_ip.get_or_insert(IpAddr::from([127, 0, 0, 1]));
 }
 
-/// Builds the TLS acceptor the config describes.
-pub fn acceptor(config: &ServerConfig) -> Result<TlsAcceptor, Error> {
-    let acceptor = match (&config.cert_file, &config.key_file) {
+/// Builds the TLS acceptor the config describes, and in ARN mode the manager of the server's
+/// certificate (run its `maintain` beside the accept loop).
+pub fn acceptor(
+    config: &ServerConfig,
+) -> Result<(TlsAcceptor, Option<Arc<ServerCertManager>>), Error> {
+    let (acceptor, manager) = match (&config.cert_file, &config.key_file) {
         (Some(cert), Some(key)) => {
             let ca = config.ca_cert_file.as_ref().ok_or_else(|| {
                 Error::Config("static mode (cert_file, key_file) also needs ca_cert_file".into())
@@ -45,17 +48,23 @@ pub fn acceptor(config: &ServerConfig) -> Result<TlsAcceptor, Error> {
             let identity = TlsIdentity::from_files(cert, key)?;
             let roots = root_store_file(ca)?;
             tracing::info!(cert = %cert.display(), "static certificate mode");
-            TlsAcceptor::static_identity(&identity, roots)?
+            (TlsAcceptor::static_identity(&identity, roots)?, None)
         }
         (Some(_), None) | (None, Some(_)) => {
             return Err(Error::Config("cert_file and key_file go together".into()));
         }
-        (None, None) => arn_acceptor(config)?,
+        (None, None) => {
+            let (acceptor, manager) = arn_acceptor(config)?;
+            (acceptor, Some(manager))
+        }
     };
-    Ok(acceptor.with_handshake_timeout(config.handshake_timeout))
+    let acceptor = acceptor
+        .with_handshake_timeout(config.handshake_timeout)
+        .with_client_hello_timeout(config.client_hello_timeout);
+    Ok((acceptor, manager))
 }
 
-fn arn_acceptor(config: &ServerConfig) -> Result<TlsAcceptor, Error> {
+fn arn_acceptor(config: &ServerConfig) -> Result<(TlsAcceptor, Arc<ServerCertManager>), Error> {
     let server_arn = config.server_arn.clone().ok_or_else(|| {
         Error::Config(
             "no certificates configured: set cert_file/key_file/ca_cert_file (static mode), \
@@ -117,5 +126,5 @@ fn arn_acceptor(config: &ServerConfig) -> Result<TlsAcceptor, Error> {
     cert_config.cache_dir = config.cache_dir.as_ref().map(|d| d.join("server"));
     let manager = Arc::new(ServerCertManager::new(cert_config, issuer)?);
     tracing::info!(%server_arn, %server_ip, ca = %source, "ARN certificate mode");
-    Ok(TlsAcceptor::arn(manager, roots)?)
+    Ok((TlsAcceptor::arn(manager.clone(), roots)?, manager))
 }

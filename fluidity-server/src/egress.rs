@@ -1,26 +1,47 @@
 //! Egress policy: which addresses the server may connect to on an agent's behalf.
 //!
-//! By default the server refuses loopback, link-local and the cloud metadata endpoints, so a
-//! tunnel cannot reach the server's own host or its IAM credentials (SSRF). Names are resolved
-//! here and the connection goes to a checked address, so DNS cannot swap in a denied one
-//! between check and connect.
+//! The server sits inside someone's network (a VPC, a home LAN, a VPS provider's private
+//! network), so by default it refuses everything that is not the public internet: its own
+//! addresses, loopback, private and shared ranges, link-local and the cloud metadata
+//! endpoints, multicast, broadcast and the reserved and documentation ranges ([`DEFAULT_DENY`]).
+//! `egress_allow` opens exceptions; an explicit `egress_deny` replaces the default list
+//! (`[]` allows everything). Names are resolved here and the connection goes to a checked
+//! address, so DNS cannot swap in a denied one between check and connect.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::Error;
 
-/// The default deny list.
+/// The default deny list (besides the server's own addresses, which are added at start).
 pub const DEFAULT_DENY: &[&str] = &[
-    "127.0.0.0/8",
-    "::1/128",
-    "0.0.0.0/8",
-    "::/128",
-    "169.254.0.0/16",
-    "fe80::/10",
-    "169.254.169.254/32",
-    "169.254.170.2/32",
-    "fd00:ec2::254/128",
+    // IPv4
+    "0.0.0.0/8",       // "this network"
+    "10.0.0.0/8",      // private (RFC 1918)
+    "100.64.0.0/10",   // carrier-grade NAT (RFC 6598)
+    "127.0.0.0/8",     // loopback
+    "169.254.0.0/16",  // link-local, the cloud metadata endpoints (169.254.169.254, .170.2)
+    "172.16.0.0/12",   // private (RFC 1918)
+    "192.0.0.0/24",    // IETF protocol assignments
+    "192.0.2.0/24",    // documentation (TEST-NET-1)
+    "192.168.0.0/16",  // private (RFC 1918)
+    "198.18.0.0/15",   // benchmarking
+    "198.51.100.0/24", // documentation (TEST-NET-2)
+    "203.0.113.0/24",  // documentation (TEST-NET-3)
+    "224.0.0.0/4",     // multicast
+    "240.0.0.0/4",     // reserved, and the broadcast address 255.255.255.255
+    // IPv6 (IPv4-mapped addresses are checked as IPv4)
+    "::/96",          // unspecified, loopback and the deprecated IPv4-compatible addresses
+    "64:ff9b::/96",   // NAT64 (reaches IPv4 addresses, private ones too)
+    "64:ff9b:1::/48", // local-use NAT64
+    "100::/64",       // discard
+    "2001::/32",      // Teredo
+    "2001:db8::/32",  // documentation
+    "2002::/16",      // 6to4 (embeds an IPv4 address)
+    "fc00::/7",       // unique local, the AWS metadata endpoint fd00:ec2::254 included
+    "fe80::/10",      // link-local
+    "fec0::/10",      // site-local (deprecated)
+    "ff00::/8",       // multicast
 ];
 
 /// An IP network, `address/prefix`.
@@ -54,6 +75,15 @@ impl Cidr {
         Ok(Cidr { network, prefix })
     }
 
+    /// The network holding only `ip`.
+    pub fn host(ip: IpAddr) -> Self {
+        let ip = ip.to_canonical();
+        Cidr {
+            network: ip,
+            prefix: if ip.is_ipv4() { 32 } else { 128 },
+        }
+    }
+
     /// Whether `ip` is inside this network (IPv4-mapped IPv6 counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip.to_canonical()) {
@@ -80,30 +110,52 @@ impl fmt::Display for Cidr {
     }
 }
 
-/// The deny list in force.
+/// The policy in force: a deny list with allowed exceptions.
 #[derive(Debug, Clone)]
 pub struct EgressPolicy {
     deny: Vec<Cidr>,
+    allow: Vec<Cidr>,
 }
 
 impl EgressPolicy {
-    /// From the `egress_deny` config value: `None` gives [`DEFAULT_DENY`].
-    pub fn from_config(deny: Option<&[String]>) -> Result<Self, Error> {
-        let deny: Result<Vec<Cidr>, String> = match deny {
-            None => DEFAULT_DENY.iter().map(|c| Cidr::parse(c)).collect(),
-            Some(list) => list.iter().map(|c| Cidr::parse(c)).collect(),
+    /// From the `egress_deny` and `egress_allow` config values. `deny: None` gives
+    /// [`DEFAULT_DENY`] plus `own_addresses` (the server's own IPs, which agents must not
+    /// reach either: its health port, anything else listening on it).
+    pub fn from_config(
+        deny: Option<&[String]>,
+        allow: &[String],
+        own_addresses: &[IpAddr],
+    ) -> Result<Self, Error> {
+        let parse = |key: &str, list: &mut dyn Iterator<Item = &str>| {
+            list.map(Cidr::parse)
+                .collect::<Result<Vec<Cidr>, String>>()
+                .map_err(|reason| Error::Config(format!("{key}: {reason}")))
         };
-        deny.map(|deny| EgressPolicy { deny })
-            .map_err(|reason| Error::Config(format!("egress_deny: {reason}")))
+        let deny = match deny {
+            None => {
+                let mut deny = parse("egress_deny", &mut DEFAULT_DENY.iter().copied())?;
+                deny.extend(own_addresses.iter().map(|ip| Cidr::host(*ip)));
+                deny
+            }
+            Some(list) => parse("egress_deny", &mut list.iter().map(String::as_str))?,
+        };
+        let allow = parse("egress_allow", &mut allow.iter().map(String::as_str))?;
+        Ok(EgressPolicy { deny, allow })
     }
 
     /// A policy that allows everything (`egress_deny: []`).
     pub fn allow_all() -> Self {
-        EgressPolicy { deny: Vec::new() }
+        EgressPolicy {
+            deny: Vec::new(),
+            allow: Vec::new(),
+        }
     }
 
-    /// The network that denies `ip`, if any.
+    /// The network that denies `ip`, if any (an `egress_allow` entry overrides).
     pub fn denies(&self, ip: IpAddr) -> Option<Cidr> {
+        if self.allow.iter().any(|net| net.contains(ip)) {
+            return None;
+        }
         self.deny.iter().find(|net| net.contains(ip)).copied()
     }
 
@@ -131,11 +183,54 @@ impl EgressPolicy {
         match (allowed.is_empty(), denied) {
             (false, _) => Ok(allowed),
             (true, Some((ip, net))) => Err(format!(
-                "egress to {host} ({ip}) is denied by the server's policy ({net} in egress_deny)"
+                "egress to {host} ({ip}) is denied by the server's policy ({net}; see \
+                 egress_deny and egress_allow)"
             )),
             (true, None) => Err(format!("{host} resolves to no address")),
         }
     }
+}
+
+/// This host's own addresses, as far as they can be read without privileges: on Linux the
+/// local IPv4 routes (`/proc/net/fib_trie`) and IPv6 addresses (`/proc/net/if_inet6`).
+/// Elsewhere, none (the configured `server_ip` and the listen address still count).
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut addresses = Vec::new();
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        addresses.extend(parse_fib_trie(&trie));
+    }
+    if let Ok(inet6) = std::fs::read_to_string("/proc/net/if_inet6") {
+        addresses.extend(parse_if_inet6(&inet6));
+    }
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+/// The `/32 host LOCAL` entries of `/proc/net/fib_trie`: each follows the line naming it.
+fn parse_fib_trie(text: &str) -> Vec<IpAddr> {
+    let mut last = None;
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("|-- ") {
+            last = rest.trim().parse::<IpAddr>().ok();
+        } else if line.contains("/32 host LOCAL")
+            && let Some(ip) = last
+        {
+            found.push(ip);
+        }
+    }
+    found
+}
+
+/// The addresses of `/proc/net/if_inet6`: 32 hex digits at the start of each line.
+fn parse_if_inet6(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter_map(|hex| u128::from_str_radix(hex, 16).ok())
+        .map(|bits| IpAddr::from(std::net::Ipv6Addr::from(bits)))
+        .collect()
 }
 
 /// Splits a CONNECT authority `host:port` (`[v6]:port` too).
@@ -158,43 +253,86 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn default_policy(own: &[IpAddr]) -> EgressPolicy {
+        EgressPolicy::from_config(None, &[], own).unwrap()
+    }
+
     #[test]
-    fn the_default_policy_denies_loopback_link_local_and_metadata() {
-        let policy = EgressPolicy::from_config(None).unwrap();
+    fn the_default_policy_denies_everything_but_the_public_internet() {
+        let own: IpAddr = "203.0.114.9".parse().unwrap();
+        let policy = default_policy(&[own]);
         for ip in [
             "127.0.0.1",
             "127.9.9.9",
             "::1",
+            "::",
             "169.254.169.254",
             "169.254.170.2",
             "fd00:ec2::254",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "::ffff:10.1.2.3",
             "0.0.0.0",
+            "10.0.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.127.255.254",
+            "fc00::1",
+            "fd12:3456::1",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "240.0.0.1",
+            "ff02::1",
+            "192.0.2.7",
+            "198.51.100.1",
+            "203.0.113.5",
+            "198.18.0.1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::1",
+            "2001:db8::1",
+            "::10.0.0.1",
+            "203.0.114.9",
         ] {
             assert!(policy.denies(ip.parse().unwrap()).is_some(), "{ip}");
         }
         for ip in [
             "93.184.216.34",
-            "10.0.0.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
             "2606:4700::1111",
-            "fd00:ec2::253",
+            "2a00:1450:4001::200e",
+            "203.0.114.10",
         ] {
             assert!(policy.denies(ip.parse().unwrap()).is_none(), "{ip}");
         }
-        assert!(
-            EgressPolicy::from_config(Some(&[]))
-                .unwrap()
-                .denies("127.0.0.1".parse().unwrap())
-                .is_none()
-        );
-        assert!(EgressPolicy::from_config(Some(&["10.0.0.0/33".into()])).is_err());
-        assert!(EgressPolicy::from_config(Some(&["nonsense".into()])).is_err());
+    }
+
+    #[test]
+    fn explicit_lists_replace_and_allow_opens_exceptions() {
+        let all_allowed = EgressPolicy::from_config(Some(&[]), &[], &[]).unwrap();
+        assert!(all_allowed.denies("127.0.0.1".parse().unwrap()).is_none());
+        assert!(EgressPolicy::from_config(Some(&["10.0.0.0/33".into()]), &[], &[]).is_err());
+        assert!(EgressPolicy::from_config(Some(&["nonsense".into()]), &[], &[]).is_err());
+        let err = EgressPolicy::from_config(None, &["10.0.0.0/99".into()], &[]).unwrap_err();
+        assert!(err.to_string().contains("egress_allow"), "{err}");
         let custom =
-            EgressPolicy::from_config(Some(&["10.0.0.0/8".into(), "192.0.2.7".into()])).unwrap();
+            EgressPolicy::from_config(Some(&["10.0.0.0/8".into(), "192.0.2.7".into()]), &[], &[])
+                .unwrap();
         assert!(custom.denies("10.200.0.1".parse().unwrap()).is_some());
         assert!(custom.denies("192.0.2.7".parse().unwrap()).is_some());
         assert!(custom.denies("192.0.2.8".parse().unwrap()).is_none());
+        // An operator opens one internal service, the rest stays closed.
+        let policy =
+            EgressPolicy::from_config(None, &["10.1.2.3".into(), "fd00:1::/64".into()], &[])
+                .unwrap();
+        assert!(policy.denies("10.1.2.3".parse().unwrap()).is_none());
+        assert!(policy.denies("10.1.2.4".parse().unwrap()).is_some());
+        assert!(policy.denies("fd00:1::5".parse().unwrap()).is_none());
+        assert!(policy.denies("fd00:2::5".parse().unwrap()).is_some());
         assert!(
             Cidr::parse("0.0.0.0/0")
                 .unwrap()
@@ -202,9 +340,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn own_addresses_are_read_from_proc() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     \
+                    +-- 10.0.0.0/24 2 0 2\n        |-- 10.0.0.5\n           /32 host LOCAL\n        \
+                    |-- 10.0.0.255\n           /32 link BROADCAST\n     |-- 54.1.2.3\n        \
+                    /32 host LOCAL\n";
+        assert_eq!(
+            parse_fib_trie(trie),
+            vec![
+                "10.0.0.5".parse::<IpAddr>().unwrap(),
+                "54.1.2.3".parse().unwrap()
+            ]
+        );
+        let inet6 = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                     fe800000000000000000000000000001 02 40 20 80     eth0\n";
+        assert_eq!(
+            parse_if_inet6(inet6),
+            vec!["::1".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]
+        );
+        // On this machine: at least loopback.
+        #[cfg(target_os = "linux")]
+        assert!(local_addresses().contains(&"127.0.0.1".parse().unwrap()));
+    }
+
     #[tokio::test]
     async fn resolution_keeps_only_allowed_addresses() {
-        let policy = EgressPolicy::from_config(None).unwrap();
+        let policy = default_policy(&[]);
         let err = policy.resolve("localhost", 80).await.unwrap_err();
         assert!(err.contains("denied"), "{err}");
         let err = policy.resolve("127.0.0.1", 80).await.unwrap_err();

@@ -5,40 +5,31 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use fluidity_core::http_server::HttpLimits;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 
-/// Serves the endpoints on `listener` until `shutdown` completes.
+/// Serves the endpoints on `listener` until `shutdown` completes. Scrapers make short
+/// requests: few connections, short deadlines.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "health endpoint accept failed");
-                    continue;
-                }
-            },
-        };
+    let limits = HttpLimits {
+        max_connections: 64,
+        header_read_timeout: std::time::Duration::from_secs(5),
+        max_header_size: 16 * 1024,
+        drain_timeout: None,
+    };
+    let service_for = |_peer| {
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request| respond(request, metrics.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        hyper::service::service_fn(move |request| respond(request, metrics.clone()))
+    };
+    fluidity_core::http_server::serve(listener, limits, service_for, shutdown).await;
 }
 
 async fn respond(

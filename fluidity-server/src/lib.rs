@@ -13,6 +13,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod config;
 pub mod credentials;
 pub mod ecs;
@@ -27,15 +28,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fluidity_core::driver::Connection;
+use fluidity_core::pki::server_certs::ServerCertManager;
 use fluidity_core::session::{Role, Session, SessionConfig};
 use fluidity_core::tls::TlsAcceptor;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 pub use config::ServerConfig;
 pub use fluidity_core;
 
+use crate::admission::{Admitted, HandshakeBudget, HandshakeTicket};
 use crate::egress::EgressPolicy;
 use crate::exit::Exits;
 use crate::metrics::{Failure, Metrics};
@@ -62,6 +65,8 @@ pub enum Error {
 pub struct Server {
     config: ServerConfig,
     acceptor: Arc<TlsAcceptor>,
+    /// ARN mode: the manager that signs and renews the server's certificate.
+    certificates: Option<Arc<ServerCertManager>>,
     exits: Arc<Exits>,
     metrics: Arc<Metrics>,
 }
@@ -72,10 +77,18 @@ impl Server {
         if config.dev {
             credentials::apply_dev_defaults(&mut config);
         }
-        let acceptor = Arc::new(credentials::acceptor(&config)?);
-        let egress = EgressPolicy::from_config(config.egress_deny.as_deref())?;
+        let (acceptor, certificates) = credentials::acceptor(&config)?;
+        let acceptor = Arc::new(acceptor);
+        let mut own = egress::local_addresses();
+        own.extend(config.server_ip);
+        own.push(config.listen_addr);
+        let egress =
+            EgressPolicy::from_config(config.egress_deny.as_deref(), &config.egress_allow, &own)?;
         let tls = target_tls(config.target_ca_file.as_deref())?;
         let metrics = Arc::new(Metrics::default());
+        if let Some(manager) = &certificates {
+            metrics.watch_certificates(manager.clone());
+        }
         let exits = Arc::new(Exits {
             http: exit::http::client(egress.clone(), tls.clone(), config.connect_timeout)?,
             egress,
@@ -86,6 +99,7 @@ impl Server {
         Ok(Server {
             config,
             acceptor,
+            certificates,
             exits,
             metrics,
         })
@@ -133,8 +147,39 @@ impl Server {
                 }
             });
         }
-        tracing::info!(address = %listener.local_addr()?, max_connections = self.config.max_connections, "accepting tunnels");
+        // The certificate is signed (and renewed) here, never because a peer connected. The
+        // first signing is tried before accepting, so agents find a certificate at once; if
+        // it fails, the server accepts anyway (handshakes fail with the reason) and retries.
+        if let Some(manager) = &self.certificates
+            && let Err(e) = manager.refresh().await
+        {
+            tracing::warn!(error = %e, "no server certificate yet; retrying in the background");
+        }
+        let renewal = self
+            .certificates
+            .clone()
+            .map(|manager| tokio::spawn(manager.maintain()));
+        tracing::info!(
+            address = %listener.local_addr()?,
+            max_connections = self.config.max_connections,
+            max_handshakes = self.config.max_handshakes,
+            "accepting tunnels"
+        );
+        let budget = HandshakeBudget::new(
+            self.config.max_handshakes,
+            self.config.max_handshakes_per_ip,
+        );
         let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let tunnel_config = TunnelSettings {
+            session: SessionConfig {
+                idle_timeout: self.config.dead_agent_timeout,
+                heartbeat_interval: self.config.dead_agent_timeout / 3,
+                ..SessionConfig::default()
+            },
+            slots,
+            max_connections: self.config.max_connections,
+        };
+        let tunnel_config = Arc::new(tunnel_config);
         let mut tunnels = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -151,17 +196,34 @@ impl Server {
                             continue;
                         }
                     };
-                    // Small control frames (acks, credit) must not wait for Nagle.
-                    let _ = tcp.set_nodelay(true);
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, limit = self.config.max_connections, "refusing tunnel: max_connections reached");
-                        self.metrics.failed(Failure::ConnectionLimit);
-                        drop(tcp);
-                        continue;
+                    let ticket = match budget.admit(peer.ip()) {
+                        Ok((ticket, admitted)) => {
+                            if admitted == Admitted::EvictedOldest {
+                                self.metrics.failed(Failure::HandshakeEvicted);
+                            }
+                            ticket
+                        }
+                        Err(refusal) => {
+                            tracing::debug!(%peer, %refusal, "closing a connection: no handshake slot");
+                            self.metrics.failed(Failure::HandshakeRefused);
+                            continue;
+                        }
                     };
-                    tunnels.spawn(tunnel(tcp, peer, slot, self.acceptor.clone(), self.exits.clone(), drain_rx.clone()));
+                    fluidity_core::transport::tune_tunnel_socket(&tcp);
+                    tunnels.spawn(tunnel(
+                        tcp,
+                        peer,
+                        ticket,
+                        tunnel_config.clone(),
+                        self.acceptor.clone(),
+                        self.exits.clone(),
+                        drain_rx.clone(),
+                    ));
                 }
             }
+        }
+        if let Some(renewal) = renewal {
+            renewal.abort();
         }
         // Close the listening socket now: the kernel would otherwise keep completing
         // handshakes into the backlog while we drain.
@@ -217,32 +279,54 @@ pub(crate) fn target_tls(
     Ok(config)
 }
 
-/// One tunnel: handshake (with its deadline), then streams until the agent leaves or the
-/// server drains.
+/// What every tunnel task shares.
+#[derive(Debug)]
+struct TunnelSettings {
+    session: SessionConfig,
+    /// Tunnel slots (`max_connections`), taken only after mutual authentication.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+/// One tunnel: handshake (with its deadlines, evictable while unauthenticated), a tunnel
+/// slot, then streams until the agent leaves or the server drains.
 async fn tunnel(
     tcp: TcpStream,
     peer: SocketAddr,
-    _slot: OwnedSemaphorePermit,
+    mut ticket: HandshakeTicket,
+    settings: Arc<TunnelSettings>,
     acceptor: Arc<TlsAcceptor>,
     exits: Arc<Exits>,
     mut drain: watch::Receiver<bool>,
 ) {
     let started = Instant::now();
-    let established = match acceptor.accept(tcp, peer).await {
-        Ok(established) => established,
-        Err(_) => {
-            // The acceptor logged why.
-            exits.metrics.failed(Failure::Handshake);
+    let established = tokio::select! {
+        result = acceptor.accept(tcp, peer) => match result {
+            Ok(established) => established,
+            Err(_) => {
+                // The acceptor logged why.
+                exits.metrics.failed(Failure::Handshake);
+                return;
+            }
+        },
+        () = ticket.evicted() => {
+            tracing::debug!(%peer, "handshake evicted by a newer connection (handshake budget full)");
             return;
         }
     };
+    drop(ticket);
     exits.metrics.handshake(started.elapsed());
+    let Ok(_slot) = settings.slots.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, limit = settings.max_connections, "refusing tunnel: max_connections reached");
+        exits.metrics.failed(Failure::ConnectionLimit);
+        return;
+    };
     let _open = exits.metrics.tunnel_opened();
     let codec = established.codec;
     let session = Session::new(
         Role::Server,
         codec,
-        SessionConfig::default(),
+        settings.session.clone(),
         Instant::now(),
     );
     let connection = Connection::spawn(established.stream, session);

@@ -2,7 +2,10 @@
 //! text format) by [`crate::health`].
 
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use fluidity_core::pki::server_certs::ServerCertManager;
 use std::time::{Duration, Instant};
 
 /// Stream kinds, for per-kind gauges.
@@ -31,15 +34,21 @@ pub enum Failure {
     HttpFailed,
     /// A tunnel ended with a protocol error.
     TunnelError,
+    /// A connection was closed unhandled: its source had `max_handshakes_per_ip` in flight.
+    HandshakeRefused,
+    /// A handshake in flight was evicted because `max_handshakes` were in flight.
+    HandshakeEvicted,
 }
 
-const FAILURES: [(Failure, &str); 6] = [
+const FAILURES: [(Failure, &str); 8] = [
     (Failure::Handshake, "handshake"),
     (Failure::ConnectionLimit, "connection_limit"),
     (Failure::EgressDenied, "egress_denied"),
     (Failure::TargetUnreachable, "target_unreachable"),
     (Failure::HttpFailed, "http_failed"),
     (Failure::TunnelError, "tunnel_error"),
+    (Failure::HandshakeRefused, "handshake_refused"),
+    (Failure::HandshakeEvicted, "handshake_evicted"),
 ];
 
 /// Upper bounds (seconds) of the handshake latency histogram.
@@ -55,12 +64,14 @@ pub struct Metrics {
     streams_total: [AtomicU64; 3],
     bytes_to_targets: AtomicU64,
     bytes_from_targets: AtomicU64,
-    failures: [AtomicU64; 6],
+    failures: [AtomicU64; 8],
     handshake_buckets: [AtomicU64; 8],
     handshake_count: AtomicU64,
     handshake_micros: AtomicU64,
     /// Unix seconds of the last stream activity (Sleep reads "idle since").
     last_activity: AtomicU64,
+    /// ARN mode: the server certificate's manager (signings, expiry).
+    certificates: std::sync::OnceLock<Arc<ServerCertManager>>,
 }
 
 impl Default for Metrics {
@@ -78,6 +89,7 @@ impl Default for Metrics {
             handshake_count: AtomicU64::new(0),
             handshake_micros: AtomicU64::new(0),
             last_activity: AtomicU64::new(unix_now()),
+            certificates: std::sync::OnceLock::new(),
         }
     }
 }
@@ -153,6 +165,11 @@ impl Metrics {
             u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+
+    /// Reports the server certificate's signings and expiry from `manager`.
+    pub fn watch_certificates(&self, manager: Arc<ServerCertManager>) {
+        let _ = self.certificates.set(manager);
     }
 
     /// Marks activity now.
@@ -288,6 +305,27 @@ impl Metrics {
             load(&self.handshake_micros) as f64 / 1e6
         );
         let _ = writeln!(out, "fluidity_handshake_seconds_count {count}");
+        if let Some(manager) = self.certificates.get() {
+            let _ = writeln!(
+                out,
+                "# HELP fluidity_certificate_signings_total Server certificates requested from the CA.\n# TYPE fluidity_certificate_signings_total counter\nfluidity_certificate_signings_total {}",
+                manager.signings()
+            );
+            if let Some(info) = manager.info() {
+                let _ = writeln!(
+                    out,
+                    "# HELP fluidity_certificate_expiry_seconds Unix time the server certificate expires.\n# TYPE fluidity_certificate_expiry_seconds gauge\nfluidity_certificate_expiry_seconds {}",
+                    info.not_after
+                );
+            }
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let _ = writeln!(
+                out,
+                "# HELP fluidity_runtime_tasks Tasks alive in the server's runtime.\n# TYPE fluidity_runtime_tasks gauge\nfluidity_runtime_tasks {}",
+                runtime.metrics().num_alive_tasks()
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP fluidity_uptime_seconds Seconds since start.\n# TYPE fluidity_uptime_seconds gauge\nfluidity_uptime_seconds {}",

@@ -17,10 +17,10 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use fluidity_core::driver::{Connection, StreamHandle};
+use fluidity_core::http_server::HttpLimits;
 
 use crate::breaker::Breakers;
 use crate::tunnel::Tunnel;
@@ -59,35 +59,14 @@ impl Proxy {
 pub(crate) async fn serve(
     proxy: Arc<Proxy>,
     listener: TcpListener,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "proxy accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let service_for = |_peer| {
         let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| handle(proxy.clone(), request));
-            let result = hyper::server::conn::http1::Builder::new()
-                .preserve_header_case(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "proxy client connection ended");
-            }
-        });
-    }
+        hyper::service::service_fn(move |request| handle(proxy.clone(), request))
+    };
+    fluidity_core::http_server::serve(listener, limits, service_for, shutdown).await;
 }
 
 async fn handle(
@@ -127,7 +106,13 @@ async fn handle(
 /// Requests addressed to the proxy itself: the PAC file, and a hint otherwise.
 fn local(proxy: &Proxy, request: &Request<Incoming>) -> Response<Body> {
     match (request.method().as_str(), request.uri().path()) {
-        ("GET" | "HEAD", "/proxy.pac") => pac::response(proxy.address),
+        ("GET" | "HEAD", "/proxy.pac") => {
+            let host = request
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok());
+            pac::response(&pac::advertised(proxy.address, host))
+        }
         _ => text(
             StatusCode::BAD_REQUEST,
             "this is the Fluidity proxy: configure it as your HTTP proxy, or fetch /proxy.pac\n",

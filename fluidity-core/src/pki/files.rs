@@ -1,26 +1,71 @@
 //! Reading and writing key material on disk: errors name the file, private files are 0600
-//! from the moment they exist, and replacements are atomic (write, then rename).
+//! from the moment they exist, replacements are atomic (write, then rename), no file is
+//! opened through a symbolic link, and a directory that holds keys must belong to us and be
+//! closed to everyone else (another local user must not be able to plant a key or a link).
 
 use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Reads a whole (small) file.
+/// Options that never follow a symbolic link in the last path component.
+fn no_follow(options: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    options
+}
+
+fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = no_follow(std::fs::OpenOptions::new().read(true)).open(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads a whole (small) file (a configured certificate or key: links are fine here, the
+/// operator chose the path).
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
 }
 
-/// Reads a file if it exists.
+/// Reads a file of ours (a cached key or certificate) if it exists, never through a link.
 pub(crate) fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
+    match read_no_follow(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        Err(e) => Err(Error::io(
+            format!("reading {} (a symbolic link is refused)", path.display()),
+            e,
+        )),
     }
 }
 
-/// Creates `dir` (and parents) readable only by its owner.
+/// This process's user id (the owner of the files it creates).
+#[cfg(unix)]
+fn current_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    static UID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UID.get_or_init(|| {
+        // Linux: /proc/self belongs to the process's user. Elsewhere: a file we create does.
+        if let Ok(meta) = std::fs::metadata("/proc/self") {
+            return Some(meta.uid());
+        }
+        let probe = std::env::temp_dir().join(format!(".fluidity-uid-{}", std::process::id()));
+        let uid = std::fs::File::create(&probe)
+            .and_then(|file| file.metadata())
+            .map(|meta| meta.uid())
+            .ok();
+        let _ = std::fs::remove_file(&probe);
+        uid
+    })
+}
+
+/// Creates `dir` (and parents) readable only by its owner. An existing `dir` must belong to
+/// this user; if others may read or write it, it is closed (mode 0700) with a warning.
 pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -31,7 +76,35 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
     }
     builder
         .create(dir)
-        .map_err(|e| Error::io(format!("creating directory {}", dir.display()), e))
+        .map_err(|e| Error::io(format!("creating directory {}", dir.display()), e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let context = || format!("checking directory {}", dir.display());
+        let meta = std::fs::metadata(dir).map_err(|e| Error::io(context(), e))?;
+        if let Some(uid) = current_uid()
+            && meta.uid() != uid
+        {
+            return Err(Error::io(
+                context(),
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "it belongs to user {} and we run as user {uid}: keys are not kept in \
+                         another user's directory",
+                        meta.uid()
+                    ),
+                ),
+            ));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(directory = %dir.display(), mode = format!("{mode:o}"), "closing a key directory others could read or write (now 0700)");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(context(), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Atomically replaces `path` with `contents`, readable only by its owner (mode 0600).
@@ -81,7 +154,8 @@ fn write_atomic(path: &Path, contents: &[u8], private: bool) -> Result<()> {
         .ok_or_else(|| Error::io(context(), std::io::Error::other("not a file path")))?;
     let temporary = temporary_path(path, file_name);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    // A new file, never an existing one or a link planted under the temporary name.
+    no_follow(options.write(true).create_new(true));
     #[cfg(unix)]
     if private {
         use std::os::unix::fs::OpenOptionsExt;
@@ -102,4 +176,37 @@ fn write_atomic(path: &Path, contents: &[u8], private: bool) -> Result<()> {
         return Err(Error::io(context(), e));
     }
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn links_are_refused_and_open_directories_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o777)).unwrap();
+        ensure_private_dir(&keys).unwrap();
+        let mode = std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+
+        // A key "planted" as a link to another file is not read.
+        let elsewhere = dir.path().join("attacker.key");
+        std::fs::write(&elsewhere, b"not ours").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, keys.join("agent.key")).unwrap();
+        let err = read_if_exists(&keys.join("agent.key")).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+
+        // Writing replaces the link itself; the link's target is untouched.
+        write_private(&keys.join("agent.key"), b"ours").unwrap();
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not ours");
+        assert_eq!(
+            read_if_exists(&keys.join("agent.key")).unwrap().unwrap(),
+            b"ours"
+        );
+    }
 }

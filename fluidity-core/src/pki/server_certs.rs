@@ -1,23 +1,23 @@
-//! The server's certificate, made lazily.
+//! The server's own certificate: signed once per (task ARN, server IP), renewed before it
+//! expires, and never because of anything a connecting peer sends.
 //!
-//! The server starts with a key and no certificate. The first TLS ClientHello from an agent IP
-//! the current certificate does not list makes it request one through [`CertIssuer`]: CN and
-//! URI SAN = its own task ARN, IP SANs = its own IP plus the agent IPs it currently serves
-//! (most recently seen first, at most [`ServerCertConfig::max_agent_ips`]). Known agents reuse
-//! the cached certificate.
+//! TLS 1.3 sends the server's certificate to anyone who opens a connection, before the client
+//! is authenticated, so the certificate must say nothing about other users: its only IP SAN is
+//! the server's own address (the one agents dial; an agent checks only that). The Go version
+//! (and an earlier Fluidity) added the IPs of recent agents and signed a new certificate when
+//! a new IP sent a ClientHello, which let a port scanner read users' home IPs and cost a CA
+//! call per prober address.
 //!
-//! Unlike the Go version, signing runs inside one connection's handshake (never in the accept
-//! loop), concurrent first connections share one signing, a given IP can trigger at most one
-//! signing per [`ServerCertConfig::new_ip_interval`], a failed signing backs off, and the SAN
-//! list is bounded. An agent does not need its own IP in the server's SANs (it checks the IP
-//! it dialled), so when a new IP is rate-limited the current certificate is served as is.
+//! [`ServerCertManager::maintain`] gets the certificate at start and renews it when
+//! [`ServerCertConfig::renew_fraction`] of its lifetime is left, retrying failures with the
+//! shared [`Backoff`]. Handshakes only read [`ServerCertManager::current`]; a handshake that
+//! arrives before the first certificate fails at once with the reason.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use rcgen::KeyPair;
 use rustls::sign::CertifiedKey;
@@ -25,6 +25,7 @@ use rustls_pki_types::PrivateKeyDer;
 
 use super::info::CertificateInfo;
 use super::{KeyAlgorithm, TlsIdentity, csr, files, identity_from_issued, issued_chain_pem, keys};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::issue::CertIssuer;
 
@@ -32,45 +33,38 @@ use crate::issue::CertIssuer;
 const KEY_FILE: &str = "server.key";
 const CERT_FILE: &str = "server.crt";
 
-/// Most IPs remembered for rate limiting at once; beyond it the oldest are forgotten.
-const MAX_TRACKED_ATTEMPTS: usize = 4096;
-
 /// Settings of the server's certificate manager.
 #[derive(Debug, Clone)]
 pub struct ServerCertConfig {
     /// The server's own ECS task ARN (CN and URI SAN).
     pub server_arn: String,
-    /// The server's reachable IP (the one agents dial), always the first IP SAN.
-    pub server_ip: IpAddr,
+    /// The IP agents dial: the certificate's only IP SAN. `None` lets the CA decide (on AWS the
+    /// CA function lists the public IP it verified the request came from).
+    pub server_ip: Option<IpAddr>,
     /// Where `server.key` (0600) and `server.crt` persist across restarts, if anywhere.
     pub cache_dir: Option<PathBuf>,
     /// Key type generated when there is no cached key.
     pub key_algorithm: KeyAlgorithm,
-    /// Most agent IPs listed in the certificate (least recently seen dropped). Default 32.
-    pub max_agent_ips: usize,
     /// Renew when no more than this fraction of the lifetime is left. Default 0.1.
     pub renew_fraction: f64,
-    /// One IP may trigger at most one signing per this interval. Default 60 s.
-    pub new_ip_interval: Duration,
-    /// After a failed signing, no new one for this long. Default 5 s.
-    pub failure_backoff: Duration,
     /// Longest wait for the issuer. Default 10 s.
     pub issue_timeout: Duration,
+    /// Pauses between failed signings: from the first, doubling up to the second. Default
+    /// 1 s to 5 min.
+    pub retry: (Duration, Duration),
 }
 
 impl ServerCertConfig {
     /// Defaults for a server with this ARN and IP.
-    pub fn new(server_arn: impl Into<String>, server_ip: IpAddr) -> Self {
+    pub fn new(server_arn: impl Into<String>, server_ip: impl Into<Option<IpAddr>>) -> Self {
         ServerCertConfig {
             server_arn: server_arn.into(),
-            server_ip: server_ip.to_canonical(),
+            server_ip: server_ip.into().map(|ip| ip.to_canonical()),
             cache_dir: None,
             key_algorithm: KeyAlgorithm::default(),
-            max_agent_ips: 32,
             renew_fraction: 0.1,
-            new_ip_interval: Duration::from_secs(60),
-            failure_backoff: Duration::from_secs(5),
             issue_timeout: Duration::from_secs(10),
+            retry: (Duration::from_secs(1), Duration::from_secs(300)),
         }
     }
 }
@@ -84,22 +78,18 @@ struct Current {
 #[derive(Default)]
 struct State {
     current: Option<Current>,
-    /// Agent IPs served, most recently seen first, bounded by `max_agent_ips`.
-    agents: VecDeque<IpAddr>,
-    /// When each IP last triggered a signing.
-    attempts: HashMap<IpAddr, Instant>,
-    /// A failed signing: no retry before the instant; the reason is reported meanwhile.
-    failed: Option<(Instant, String)>,
+    /// Why the last signing failed, for handshakes that find no certificate.
+    last_failure: Option<String>,
 }
 
-/// Makes and caches the server's certificate. Share it (`Arc`) between connections.
+/// Makes, renews and caches the server's certificate. Share it (`Arc`) between connections.
 pub struct ServerCertManager {
     config: ServerCertConfig,
     issuer: Arc<dyn CertIssuer>,
     key: KeyPair,
     key_der: PrivateKeyDer<'static>,
     state: Mutex<State>,
-    /// Held while a signing is in flight, so concurrent first connections share it.
+    /// Held while a signing is in flight, so concurrent refreshes share one.
     signing: tokio::sync::Mutex<()>,
     signings: AtomicU64,
 }
@@ -116,7 +106,7 @@ impl std::fmt::Debug for ServerCertManager {
 
 impl ServerCertManager {
     /// Loads the key from `cache_dir` or generates it (and saves it, 0600), and reuses a cached
-    /// certificate that still fits (own ARN, own IP, fresh, matching key).
+    /// certificate that still fits (own ARN, own IP only, fresh, matching key).
     pub fn new(config: ServerCertConfig, issuer: Arc<dyn CertIssuer>) -> Result<Self> {
         let (key, key_der) = load_or_generate_key(&config)?;
         let manager = ServerCertManager {
@@ -143,127 +133,129 @@ impl ServerCertManager {
     }
 
     /// What the current certificate says, if there is one.
-    pub fn current(&self) -> Option<CertificateInfo> {
+    pub fn info(&self) -> Option<CertificateInfo> {
         self.lock().current.as_ref().map(|c| c.info.clone())
     }
 
-    /// The certificate to present to a connection from `agent_ip`, signing a new one when the
-    /// current one does not list that IP (rate limits permitting) or is due for renewal.
-    pub async fn certificate_for(&self, agent_ip: IpAddr) -> Result<Arc<CertifiedKey>> {
-        let agent_ip = agent_ip.to_canonical();
-        if let Some(certified) = self.covering(agent_ip) {
-            return Ok(certified);
+    /// The certificate to present: the current one while it is valid (renewal runs in
+    /// [`ServerCertManager::maintain`]). Never signs: a handshake must not cause a CA call.
+    pub fn current(&self) -> Result<Arc<CertifiedKey>> {
+        let state = self.lock();
+        match &state.current {
+            Some(current) if current.info.is_fresh(SystemTime::now(), 0.0) => {
+                Ok(current.certified.clone())
+            }
+            _ => Err(Error::Issuer(match &state.last_failure {
+                Some(reason) => format!("the server has no valid certificate: {reason}"),
+                None => "the server has no certificate yet (signing in progress)".into(),
+            })),
+        }
+    }
+
+    /// Signs a certificate now unless the current one is fresh. Concurrent calls share one
+    /// signing.
+    pub async fn refresh(&self) -> Result<()> {
+        if self.is_fresh() {
+            return Ok(());
         }
         let _signing = self.signing.lock().await;
-        // Another connection may have signed for this IP while we waited.
-        if let Some(certified) = self.covering(agent_ip) {
-            return Ok(certified);
+        if self.is_fresh() {
+            return Ok(());
         }
-        let sans = match self.plan_signing(agent_ip)? {
-            Plan::Serve(certified) => return Ok(certified),
-            Plan::Sign(sans) => sans,
-        };
-        match self.sign(&sans).await {
-            Ok(certified) => Ok(certified),
+        match self.sign().await {
+            Ok(()) => {
+                self.lock().last_failure = None;
+                Ok(())
+            }
             Err(e) => {
-                tracing::warn!(error = %e, agent_ip = %agent_ip, "server certificate signing failed");
-                self.lock().failed =
-                    Some((Instant::now() + self.config.failure_backoff, e.to_string()));
+                self.lock().last_failure = Some(e.to_string());
                 Err(e)
             }
         }
     }
 
+    /// Keeps a fresh certificate: signs at once if there is none, then renews when
+    /// `renew_fraction` of its lifetime is left; failures are logged and retried with backoff.
+    /// Runs until dropped (spawn it beside the accept loop).
+    pub async fn maintain(self: Arc<Self>) {
+        let (min, max) = self.config.retry;
+        let mut backoff = Backoff::new(min, max);
+        loop {
+            let pause = match self.refresh().await {
+                Ok(()) => {
+                    backoff.reset();
+                    self.until_renewal()
+                }
+                Err(e) => {
+                    let pause = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?pause, "server certificate signing failed");
+                    pause
+                }
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the state inconsistent (every update
-        // is a single assignment), so a poisoned lock is still usable.
+        // Every update is a single assignment, so a poisoned lock is still consistent.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The current certificate if it is fresh and lists `agent_ip` (which is then marked as
-    /// recently seen).
-    fn covering(&self, agent_ip: IpAddr) -> Option<Arc<CertifiedKey>> {
-        let mut state = self.lock();
-        let current = state.current.as_ref()?;
-        if !current
-            .info
-            .is_fresh(SystemTime::now(), self.config.renew_fraction)
-            || !current.info.has_ip(agent_ip)
-        {
-            return None;
-        }
-        let certified = current.certified.clone();
-        if agent_ip != self.config.server_ip
-            && let Some(position) = state.agents.iter().position(|ip| *ip == agent_ip)
-        {
-            state.agents.remove(position);
-            state.agents.push_front(agent_ip);
-        }
-        Some(certified)
+    fn is_fresh(&self) -> bool {
+        self.lock().current.as_ref().is_some_and(|c| {
+            c.info
+                .is_fresh(SystemTime::now(), self.config.renew_fraction)
+        })
     }
 
-    /// Decides, under the state lock, whether to sign and with which SANs.
-    fn plan_signing(&self, agent_ip: IpAddr) -> Result<Plan> {
-        let now = Instant::now();
-        let mut state = self.lock();
-        let fresh_current = state
-            .current
-            .as_ref()
-            .filter(|c| {
-                c.info
-                    .is_fresh(SystemTime::now(), self.config.renew_fraction)
-            })
-            .map(|c| c.certified.clone());
-        if let Some((until, reason)) = &state.failed {
-            if now < *until {
-                return match fresh_current {
-                    Some(certified) => Ok(Plan::Serve(certified)),
-                    None => Err(Error::Issuer(format!(
-                        "no server certificate: the last signing failed ({reason}); retrying in {:?}",
-                        until.saturating_duration_since(now)
-                    ))),
-                };
-            }
-            state.failed = None;
-        }
-        let interval = self.config.new_ip_interval;
-        let recently_tried = state
-            .attempts
-            .get(&agent_ip)
-            .is_some_and(|at| now.duration_since(*at) < interval);
-        if recently_tried && let Some(certified) = fresh_current {
-            tracing::debug!(%agent_ip, "not re-signing for this IP yet; serving the current certificate");
-            return Ok(Plan::Serve(certified));
-        }
-        state
-            .attempts
-            .retain(|_, at| now.duration_since(*at) < interval);
-        if state.attempts.len() >= MAX_TRACKED_ATTEMPTS
-            && let Some(oldest) = state
-                .attempts
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(ip, _)| *ip)
-        {
-            state.attempts.remove(&oldest);
-        }
-        state.attempts.insert(agent_ip, now);
-        if agent_ip != self.config.server_ip {
-            state.agents.retain(|ip| *ip != agent_ip);
-            state.agents.push_front(agent_ip);
-            state.agents.truncate(self.config.max_agent_ips);
-        }
-        let mut sans = Vec::with_capacity(state.agents.len() + 1);
-        sans.push(self.config.server_ip);
-        sans.extend(state.agents.iter().copied());
-        Ok(Plan::Sign(sans))
+    /// Time until the current certificate is due for renewal (at least one second).
+    fn until_renewal(&self) -> Duration {
+        let Some(info) = self.info() else {
+            return Duration::from_secs(1);
+        };
+        let lifetime = (info.not_after - info.not_before).max(0) as f64;
+        let due = info.not_before as f64 + lifetime * (1.0 - self.config.renew_fraction);
+        let now = super::unix_seconds(SystemTime::now()) as f64;
+        Duration::from_secs_f64((due - now).max(1.0))
     }
 
-    /// Requests, checks, installs and caches a certificate for `sans`.
-    async fn sign(&self, sans: &[IpAddr]) -> Result<Arc<CertifiedKey>> {
-        let csr = csr::build(&self.key, &self.config.server_arn, sans)?;
+    /// Whether `info` is a certificate this server may present: its ARN, and only its own
+    /// address (exactly `server_ip` when known, else one address chosen by the CA).
+    fn fits(&self, info: &CertificateInfo) -> std::result::Result<(), String> {
+        if info.arn() != Some(self.config.server_arn.as_str()) {
+            return Err(format!(
+                "it is bound to {:?}, not to {}",
+                info.arn(),
+                self.config.server_arn
+            ));
+        }
+        let ips: Vec<IpAddr> = info
+            .ip_addresses
+            .iter()
+            .map(|ip| ip.to_canonical())
+            .collect();
+        let only_own = match self.config.server_ip {
+            Some(own) => ips.iter().all(|ip| *ip == own) && !ips.is_empty(),
+            None => ips.len() == 1,
+        };
+        if !only_own {
+            return Err(format!(
+                "its IP SANs {ips:?} are not exactly the server's own address ({})",
+                self.config
+                    .server_ip
+                    .map_or("one address chosen by the CA".to_owned(), |ip| ip
+                        .to_string())
+            ));
+        }
+        Ok(())
+    }
+
+    /// Requests, checks, installs and caches a certificate.
+    async fn sign(&self) -> Result<()> {
+        let sans: Vec<IpAddr> = self.config.server_ip.into_iter().collect();
+        let csr = csr::build(&self.key, &self.config.server_arn, &sans)?;
         let issued = tokio::time::timeout(self.config.issue_timeout, self.issuer.issue(&csr))
             .await
             .map_err(|_| {
@@ -272,17 +264,11 @@ impl ServerCertManager {
         self.signings.fetch_add(1, Ordering::Relaxed);
         let identity = identity_from_issued(&issued, self.key_der.clone_key())?;
         let info = identity.leaf_info()?;
-        if info.arn() != Some(self.config.server_arn.as_str())
-            || !info.has_ip(self.config.server_ip)
-        {
-            return Err(Error::Issuer(format!(
-                "the issuer returned a certificate for {:?} / {:?}, not for {} / {}",
-                info.arn(),
-                info.ip_addresses,
-                self.config.server_arn,
-                self.config.server_ip
-            )));
-        }
+        self.fits(&info).map_err(|reason| {
+            Error::Issuer(format!(
+                "the issuer returned a certificate that does not fit: {reason}"
+            ))
+        })?;
         let certified = identity.certified_key()?;
         tracing::info!(ips = ?info.ip_addresses, serial = %info.serial, "new server certificate");
         if let Some(dir) = &self.config.cache_dir {
@@ -291,11 +277,8 @@ impl ServerCertManager {
                 tracing::warn!(error = %e, "could not cache the server certificate");
             }
         }
-        self.lock().current = Some(Current {
-            certified: certified.clone(),
-            info,
-        });
-        Ok(certified)
+        self.lock().current = Some(Current { certified, info });
+        Ok(())
     }
 
     /// Reuses `cache_dir/server.crt` if it still fits this server and key.
@@ -321,46 +304,39 @@ impl ServerCertManager {
                 Ok((identity.certified_key()?, identity.leaf_info()?))
             });
         match loaded {
-            Ok((certified, info))
-                if info.arn() == Some(self.config.server_arn.as_str())
-                    && info.has_ip(self.config.server_ip)
-                    && info.is_fresh(SystemTime::now(), self.config.renew_fraction) =>
-            {
-                let mut state = self.lock();
-                state.agents = info
-                    .ip_addresses
-                    .iter()
-                    .map(|ip| ip.to_canonical())
-                    .filter(|ip| *ip != self.config.server_ip)
-                    .take(self.config.max_agent_ips)
-                    .collect();
-                tracing::info!(ips = ?info.ip_addresses, "reusing the cached server certificate");
-                state.current = Some(Current { certified, info });
+            Ok((certified, info)) => {
+                let fits = self.fits(&info).and_then(|()| {
+                    if info.is_fresh(SystemTime::now(), self.config.renew_fraction) {
+                        Ok(())
+                    } else {
+                        Err("it is due for renewal".into())
+                    }
+                });
+                match fits {
+                    Ok(()) => {
+                        tracing::info!(ips = ?info.ip_addresses, "reusing the cached server certificate");
+                        self.lock().current = Some(Current { certified, info });
+                    }
+                    Err(reason) => tracing::info!(
+                        %reason,
+                        "not reusing the cached server certificate; a new one will be made"
+                    ),
+                }
             }
-            Ok(_) => tracing::info!(
-                "the cached server certificate does not fit this server; a new one will be made"
-            ),
             Err(e) => tracing::warn!(error = %e, "ignoring the cached server certificate"),
         }
     }
 }
 
-enum Plan {
-    /// Serve this certificate without signing.
-    Serve(Arc<CertifiedKey>),
-    /// Sign a certificate listing these IPs.
-    Sign(Vec<IpAddr>),
-}
-
 fn load_or_generate_key(config: &ServerCertConfig) -> Result<(KeyPair, PrivateKeyDer<'static>)> {
     if let Some(dir) = &config.cache_dir {
+        files::ensure_private_dir(dir)?;
         let path = dir.join(KEY_FILE);
         if let Some(pem) = files::read_if_exists(&path)? {
             let what = path.display().to_string();
             let der = keys::parse_private_key_pem(&what, &pem)?;
             return Ok((keys::key_pair(what, &der)?, der));
         }
-        files::ensure_private_dir(dir)?;
         let key = keys::generate(config.key_algorithm)?;
         files::write_private(&path, key.serialize_pem().as_bytes())?;
         let der = keys::generated_key_der(&key);

@@ -73,6 +73,10 @@ pub struct SessionConfig {
     pub transmit_high_water: usize,
     /// Largest HTTP body held whole for a Go peer (default 16 MiB).
     pub max_legacy_body: usize,
+    /// Most bytes of whole bodies held for a Go peer across all streams (default 64 MiB).
+    /// Beyond it writers wait, except the stream that started first, which may always
+    /// complete its body, so the streams never wait on each other forever.
+    pub max_legacy_buffered: usize,
     /// Ping interval when the peer supports heartbeats (default 10 s).
     pub heartbeat_interval: Duration,
     /// Close the tunnel when a heartbeat-capable peer is silent this long (default 30 s).
@@ -92,6 +96,7 @@ impl Default for SessionConfig {
             max_streams: 1024,
             transmit_high_water: 1024 * 1024,
             max_legacy_body: 16 * 1024 * 1024,
+            max_legacy_buffered: 64 * 1024 * 1024,
             heartbeat_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             first_stream_id: None,
@@ -163,6 +168,22 @@ pub enum Recv {
 /// are dropped quietly instead of answered with a reset.
 const RECENTLY_CLOSED: usize = 4096;
 
+/// Output that replies to the peer's frames (pongs, resets) may add beyond the writers'
+/// high-water mark before the session stops reading input (see [`Session::wants_input`]).
+const REPLY_ALLOWANCE: usize = 64 * 1024;
+
+/// The longest `iam_auth_request` id answered (Go agents send a UUID); the answer echoes it.
+const MAX_IAM_ID: usize = 256;
+
+/// Received data chunks shorter than this are copied out of the read buffer instead of
+/// sliced from it: a slice keeps the whole buffer allocation alive, and a peer could pin a
+/// large allocation with a tiny chunk that the window barely charges.
+const ZERO_COPY_MIN: usize = 32 * 1024;
+
+/// A frame longer than this made the read buffer grow; what follows it is moved to a fresh
+/// buffer so that later slices never keep the large allocation alive.
+const LARGE_FRAME: usize = 64 * 1024;
+
 /// The multiplexer. See the [module docs](self).
 #[derive(Debug)]
 pub struct Session {
@@ -185,12 +206,21 @@ pub struct Session {
     conn_send: SendWindow,
     /// Unread bytes held for streams of a peer without flow control.
     legacy_buffered: usize,
+    /// Bytes of whole bodies held to send to a peer without flow control...
+    legacy_held: usize,
+    /// ...and the streams holding them, in the order they started.
+    legacy_holders: VecDeque<StreamId>,
+    /// A Go agent's `iam_auth_request` was answered (only the first one is).
+    iam_answered: bool,
     transmit: BytesMut,
     events: VecDeque<Event>,
     closed: Option<String>,
     last_rx: Instant,
     next_ping: Instant,
     ping_nonce: u64,
+    /// A whole frame arrived from the peer: it speaks the protocol (over TLS 1.3 this is also
+    /// when the client knows the server accepted its certificate).
+    peer_heard: bool,
 }
 
 impl Session {
@@ -216,12 +246,16 @@ impl Session {
             // Binary peers grant credit in their `hello`; nothing is sent before it arrives.
             conn_send: SendWindow::new((codec == CodecKind::Binary).then_some(0)),
             legacy_buffered: 0,
+            legacy_held: 0,
+            legacy_holders: VecDeque::new(),
+            iam_answered: false,
             transmit: BytesMut::with_capacity(64 * 1024),
             events: VecDeque::new(),
             closed: None,
             last_rx: now,
             next_ping: now + config.heartbeat_interval,
             ping_nonce: 0,
+            peer_heard: false,
             config,
         };
         if codec == CodecKind::Binary {
@@ -260,6 +294,12 @@ impl Session {
         self.emit(&Envelope::Hello(hello));
     }
 
+    /// How long the peer may stay silent (or leave our output unread) before the tunnel is
+    /// closed.
+    pub fn idle_timeout(&self) -> Duration {
+        self.config.idle_timeout
+    }
+
     /// This end's role.
     pub fn role(&self) -> Role {
         self.role
@@ -268,6 +308,13 @@ impl Session {
     /// The peer's `hello`, once it arrived (never, for a Go peer).
     pub fn peer_hello(&self) -> Option<&Hello> {
         self.peer.as_ref()
+    }
+
+    /// Whether a whole frame has arrived from the peer. Over TLS 1.3 a client's handshake
+    /// completes before the server has checked the client's certificate, so only the peer's
+    /// first frame proves the tunnel is really up.
+    pub fn peer_heard(&self) -> bool {
+        self.peer_heard
     }
 
     /// Why the session closed, if it did.
@@ -290,9 +337,20 @@ impl Session {
     // Driver side: bytes, time and events.
 
     /// Whether the driver should read more from the socket. `false` while a peer without flow
-    /// control has filled the connection window with unread data (backpressure to the socket).
+    /// control has filled the connection window with unread data (backpressure to the socket),
+    /// and while output waits beyond what writers may queue: the peer is not reading, and
+    /// what it sends (pings, frames for unknown streams) must not make us queue replies
+    /// without bound.
     pub fn wants_input(&self) -> bool {
-        self.closed.is_none() && self.legacy_buffered < self.config.connection_window as usize
+        self.closed.is_none()
+            && self.legacy_buffered < self.config.connection_window as usize
+            && self.transmit.len() < self.output_limit()
+    }
+
+    /// Writers fill the output buffer up to `transmit_high_water` (plus one chunk); replies to
+    /// the peer's frames may add this much more before input stops.
+    fn output_limit(&self) -> usize {
+        self.config.transmit_high_water + self.config.max_chunk + REPLY_ALLOWANCE
     }
 
     /// Feeds received bytes. Complete frames are consumed from `src`; a partial frame stays.
@@ -305,9 +363,19 @@ impl Session {
             self.last_rx = now;
         }
         while self.wants_input() {
-            match self.codec.decode(src) {
-                Ok(Some(Decoded::Envelope(envelope))) => self.on_envelope(envelope),
+            let before = src.len();
+            let decoded = self.codec.decode(src);
+            if before - src.len() > LARGE_FRAME {
+                // Later data slices must not pin the allocation the large frame needed.
+                *src = BytesMut::from(&src[..]);
+            }
+            match decoded {
+                Ok(Some(Decoded::Envelope(envelope))) => {
+                    self.peer_heard = true;
+                    self.on_envelope(envelope);
+                }
                 Ok(Some(Decoded::Skipped { kind, reason })) => {
+                    self.peer_heard = true;
                     tracing::debug!(kind, reason, "skipped envelope");
                 }
                 Ok(None) => break,
@@ -549,10 +617,7 @@ impl Session {
             return 0;
         };
         if stream.legacy && stream.kind == Kind::Http {
-            return self
-                .config
-                .max_legacy_body
-                .saturating_sub(stream.legacy_body.len());
+            return self.legacy_capacity(id, stream.legacy_body.len());
         }
         let room = self
             .config
@@ -568,6 +633,32 @@ impl Session {
                 .min(self.conn_send.available());
         }
         cap
+    }
+
+    /// How much more of a whole body stream `id` (holding `held`) may buffer now: up to its
+    /// own limit, within the connection-wide budget unless it is the oldest holder.
+    fn legacy_capacity(&self, id: StreamId, held: usize) -> usize {
+        let own = self.config.max_legacy_body.saturating_sub(held);
+        let first = self.legacy_holders.front().is_none_or(|front| *front == id);
+        if first {
+            own
+        } else {
+            own.min(
+                self.config
+                    .max_legacy_buffered
+                    .saturating_sub(self.legacy_held),
+            )
+        }
+    }
+
+    /// Stream `id` no longer holds a whole body (sent, reset or dropped).
+    fn legacy_release(&mut self, id: StreamId, held: usize) {
+        if held == 0 {
+            return;
+        }
+        self.legacy_held -= held;
+        self.legacy_holders.retain(|holder| *holder != id);
+        self.wake_blocked_writers();
     }
 
     fn writable_stream(&mut self, id: StreamId) -> Result<&mut Stream> {
@@ -607,12 +698,23 @@ impl Session {
             });
         }
         if stream.legacy && stream.kind == Kind::Http {
-            if stream.legacy_body.len() + data.len() <= limit {
-                stream.legacy_body.extend_from_slice(data);
-                return Ok(data.len());
+            let held = stream.legacy_body.len();
+            if held + data.len() > limit {
+                self.reset(id, &format!("body exceeds {limit} bytes"))?;
+                return Err(Error::BodyTooLarge { id, limit });
             }
-            self.reset(id, &format!("body exceeds {limit} bytes"))?;
-            return Err(Error::BodyTooLarge { id, limit });
+            let n = self.legacy_capacity(id, held).min(data.len());
+            let stream = self.stream_mut(id)?;
+            if n == 0 {
+                stream.send_blocked = !data.is_empty();
+                return Ok(0);
+            }
+            stream.legacy_body.extend_from_slice(&data[..n]);
+            if held == 0 {
+                self.legacy_holders.push_back(id);
+            }
+            self.legacy_held += n;
+            return Ok(n);
         }
         let n = self.send_capacity(id).min(data.len());
         let (kind, legacy) = {
@@ -647,6 +749,10 @@ impl Session {
                 .as_ref()
                 .map_or(usize::MAX, |h| h.max_frame_size as usize),
         );
+        let peer_windows = self
+            .peer
+            .as_ref()
+            .map(|peer| peer.initial_window.min(peer.connection_window) as usize);
         let stream = self.writable_stream(id)?;
         if stream.kind != Kind::WebSocket {
             return Err(Error::StreamState {
@@ -655,10 +761,21 @@ impl Session {
             });
         }
         // Base64 and the envelope around it must fit the peer's frame limit.
-        if data.len() > max / 4 * 3 - 256 {
+        if data.len() > (max / 4 * 3).saturating_sub(256) {
             return Err(Error::StreamState {
                 id,
                 reason: "WebSocket message larger than the frame limit",
+            });
+        }
+        // A message is sent whole, so it must fit the peer's receive windows: waiting for
+        // more credit than the peer can ever grant would stall the stream forever.
+        if !stream.legacy
+            && let Some(windows) = peer_windows
+            && data.len() > windows
+        {
+            return Err(Error::StreamState {
+                id,
+                reason: "WebSocket message larger than the peer's receive window",
             });
         }
         if self.send_capacity(id) < data.len().max(1) {
@@ -754,9 +871,12 @@ impl Session {
             });
         }
         stream.send_fin = true;
+        let held = stream.legacy_body.len();
         let envelope = match (stream.kind, stream.legacy) {
             (Kind::Http, true) => {
                 let body = stream.legacy_body.split().freeze();
+                self.legacy_release(id, held);
+                let stream = self.stream_mut(id)?;
                 match (stream.legacy_target.take(), stream.legacy_reply.take()) {
                     (
                         Some(Target::Http {
@@ -876,6 +996,7 @@ impl Session {
             } else if self.closed.is_none() {
                 self.return_connection_credit(stream.recv_buffered);
             }
+            self.legacy_release(id, stream.legacy_body.len());
         }
         self.remember_closed(id);
     }
@@ -905,12 +1026,13 @@ impl Session {
         stream.error = Some(reason);
         stream.recv.clear();
         let dropped = std::mem::take(&mut stream.recv_buffered);
-        stream.legacy_body = BytesMut::new();
+        let held = std::mem::take(&mut stream.legacy_body).len();
         if stream.legacy {
             self.legacy_buffered -= dropped;
         } else {
             self.return_connection_credit(dropped);
         }
+        self.legacy_release(id, held);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -955,11 +1077,16 @@ impl Session {
                 });
             }
             Some(_) => {}
-            None if self.extensions => self.emit(&Envelope::StreamReset(StreamReset {
-                id,
-                error: reason.to_owned(),
-            })),
-            None => {}
+            None => {
+                if self.extensions {
+                    self.emit(&Envelope::StreamReset(StreamReset {
+                        id,
+                        error: reason.to_owned(),
+                    }));
+                }
+                // One reset per unknown id: further frames for it are dropped quietly.
+                self.remember_closed(id);
+            }
         }
     }
 
@@ -970,20 +1097,37 @@ impl Session {
             Envelope::Pong(_) => {}
             Envelope::WindowUpdate(update) => self.on_window_update(update),
             Envelope::IamAuthRequest(request) => {
-                if self.role == Role::Server {
-                    self.emit(&Envelope::IamAuthResponse(IamAuthResponse {
-                        id: request.id.clone(),
-                        ok: true,
-                        error: None,
-                        session_token: None,
-                    }));
-                    self.events.push_back(Event::IamAuth(request));
+                if self.role != Role::Server || self.iam_answered {
+                    return;
                 }
+                if request.id.len() > MAX_IAM_ID {
+                    self.close(format!(
+                        "protocol error: iam_auth_request id of {} bytes (at most {MAX_IAM_ID})",
+                        request.id.len()
+                    ));
+                    return;
+                }
+                self.iam_answered = true;
+                self.emit(&Envelope::IamAuthResponse(IamAuthResponse {
+                    id: request.id.clone(),
+                    ok: true,
+                    error: None,
+                    session_token: None,
+                }));
+                self.events.push_back(Event::IamAuth(request));
             }
             Envelope::IamAuthResponse(response) => {
                 if self.role == Role::Client {
                     self.events.push_back(Event::IamAuthResponse(response));
                 }
+            }
+            Envelope::HttpRequest(r) if self.extensions => {
+                // Whole-body requests are the Go dialect; a binary peer streams bodies, and
+                // accepting a whole one would let it bypass the windows.
+                self.violation(r.id, "http_request (a whole body) on a binary session");
+            }
+            Envelope::HttpResponse(r) if self.extensions => {
+                self.violation(r.id, "http_response (a whole body) on a binary session");
             }
             Envelope::HttpRequest(r) => {
                 let target = Target::Http {
@@ -1293,11 +1437,15 @@ impl Session {
     }
 
     /// Queues received data (no checks: callers validated it).
-    fn push_chunk(&mut self, id: StreamId, chunk: Chunk) {
+    fn push_chunk(&mut self, id: StreamId, mut chunk: Chunk) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
         let n = chunk.data.len();
+        if self.extensions && n < ZERO_COPY_MIN {
+            // Own a small chunk, so it keeps at most its own size alive (see ZERO_COPY_MIN).
+            chunk.data = Bytes::copy_from_slice(&chunk.data);
+        }
         let was_empty = stream.recv.is_empty();
         stream.recv.push_back(chunk);
         stream.recv_buffered += n;

@@ -2,7 +2,8 @@
 //!
 //! - the ARN must be a RUNNING task of the configured service;
 //! - a caller whose source IP is that task's public IP is the server itself: its certificate
-//!   must list that IP (and may list the agents it serves);
+//!   must list exactly that IP (TLS shows the server's certificate to anyone, so it names no
+//!   one else);
 //! - any other caller is an agent: its certificate must list exactly the caller's source IP.
 
 use std::net::IpAddr;
@@ -63,11 +64,11 @@ impl CsrPolicy for RunningTaskPolicy<'_> {
             .map(|ip| ip.to_canonical())
             .collect();
         if task.public_ip.map(|ip| ip.to_canonical()) == Some(caller) {
-            if ips.contains(&caller) {
+            if ips == [caller] {
                 return Ok(());
             }
             return Err(format!(
-                "the server's certificate must list its own IP {caller}"
+                "the server's certificate must list exactly its own IP {caller}, not {ips:?}"
             ));
         }
         if ips == [caller] {
@@ -150,11 +151,11 @@ mod tests {
         .unwrap();
         assert!(signed.certificate.contains("BEGIN CERTIFICATE"));
         assert_eq!(signed.chain, vec![ca.certificate_pem().to_owned()]);
-        // The server itself, listing its IP and the agents it serves.
+        // The server itself, listing its own IP.
         sign(
             &ca,
             &ecs,
-            &request(TASK, &["203.0.113.10", "198.51.100.7", "198.51.100.8"]),
+            &request(TASK, &["203.0.113.10"]),
             Some(server),
             now,
         )
@@ -213,6 +214,18 @@ mod tests {
             .await,
         );
         assert!(why.contains("its own IP"), "{why}");
+        // Nor may the server's certificate name anyone else (TLS shows it to everyone).
+        let (_, why) = refused(
+            sign(
+                &ca,
+                &ecs,
+                &request(TASK, &["203.0.113.10", "198.51.100.7"]),
+                Some(server),
+                now,
+            )
+            .await,
+        );
+        assert!(why.contains("exactly its own IP"), "{why}");
         // The CA's own rules still apply first.
         let (code, _) = refused(
             sign(

@@ -31,6 +31,7 @@ impl FakeEcs {
                 desired,
                 running,
                 pending,
+                kill_requested: None,
             })),
             tasks,
             scale_calls: Mutex::new(0),
@@ -47,6 +48,10 @@ impl FakeEcs {
 
     pub(crate) fn desired(&self) -> i32 {
         self.state.lock().unwrap().map_or(0, |s| s.desired)
+    }
+
+    pub(crate) fn kill_requested(&self) -> Option<SystemTime> {
+        self.state.lock().unwrap().and_then(|s| s.kill_requested)
     }
 
     pub(crate) fn scale_calls(&self) -> usize {
@@ -72,6 +77,13 @@ impl EcsService for FakeEcs {
         Ok(())
     }
 
+    async fn set_kill_requested(&self, at: Option<SystemTime>) -> Result<(), Error> {
+        if let Some(state) = self.state.lock().unwrap().as_mut() {
+            state.kill_requested = at;
+        }
+        Ok(())
+    }
+
     async fn running_tasks(&self) -> Result<Vec<Task>, Error> {
         Ok(self.tasks.clone())
     }
@@ -85,5 +97,44 @@ impl ActivityMetrics for FakeMetrics {
         self.0
             .clone()
             .map_err(|e| Error::backend("reading metrics", e))
+    }
+
+    async fn tunnel_counts(&self, _lookback: Duration) -> Result<Vec<(SystemTime, f64)>, Error> {
+        Ok(Vec::new())
+    }
+}
+
+/// Tunnel counts as a server reports them over time: `(unix seconds, open tunnels)`.
+pub(crate) struct FakeHistory(pub(crate) Mutex<Vec<(u64, f64)>>);
+
+impl FakeHistory {
+    pub(crate) fn new(points: &[(u64, f64)]) -> Self {
+        FakeHistory(Mutex::new(points.to_vec()))
+    }
+
+    pub(crate) fn report(&self, at: u64, tunnels: f64) {
+        self.0.lock().unwrap().push((at, tunnels));
+    }
+}
+
+#[async_trait]
+impl ActivityMetrics for FakeHistory {
+    async fn activity(&self, _lookback: Duration) -> Result<Activity, Error> {
+        let points = self.0.lock().unwrap();
+        let newest = points.iter().max_by_key(|(at, _)| *at);
+        Ok(Activity {
+            active_tunnels: newest.map(|(_, n)| *n),
+            last_activity: newest.map(|(at, _)| SystemTime::UNIX_EPOCH + Duration::from_secs(*at)),
+        })
+    }
+
+    async fn tunnel_counts(&self, _lookback: Duration) -> Result<Vec<(SystemTime, f64)>, Error> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(at, n)| (SystemTime::UNIX_EPOCH + Duration::from_secs(*at), *n))
+            .collect())
     }
 }

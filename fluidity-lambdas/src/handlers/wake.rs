@@ -40,6 +40,11 @@ pub async fn wake(
         agent_public_ip_as_seen: caller_ip.map(|ip| ip.to_string()),
         ..WakeResponse::default()
     };
+    if state.kill_requested.is_some() {
+        // An agent wants the server: an earlier Kill request no longer stands.
+        ecs.set_kill_requested(None).await?;
+        tracing::info!(cluster, service, "a wake cancelled a kill request");
+    }
     // Tasks are listed whenever one is wanted: ECS's running count lags behind its tasks.
     if state.desired > 0 {
         let tasks = ecs.running_tasks().await?;

@@ -138,7 +138,7 @@ fn build_request(
     {
         exits.metrics.failed(Failure::EgressDenied);
         return Err(format!(
-            "egress to {ip} is denied by the server's policy ({net} in egress_deny)"
+            "egress to {ip} is denied by the server's policy ({net}; see egress_deny and egress_allow)"
         ));
     }
     let mut headers = headers;

@@ -100,13 +100,22 @@ async fn open(exits: &Exits, url: &str, headers: &Headers) -> Result<Socket, Str
             }
         }
     }
-    let handshake = tokio_tungstenite::client_async(request, transport);
+    // A message travels in one envelope, so nothing larger than a frame can be relayed:
+    // refuse it at the target instead of buffering tungstenite's default 64 MiB.
+    let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_WEBSOCKET_MESSAGE))
+        .max_frame_size(Some(MAX_WEBSOCKET_MESSAGE));
+    let handshake = tokio_tungstenite::client_async_with_config(request, transport, Some(limits));
     let (socket, _response) = tokio::time::timeout(exits.connect_timeout, handshake)
         .await
         .map_err(|_| "WebSocket handshake timed out".to_owned())?
         .map_err(|e| format!("WebSocket handshake with {url}: {e}"))?;
     Ok(socket)
 }
+
+/// The largest WebSocket message (and frame) taken from a target: what fits one envelope
+/// of the session's default frame limit once base64-encoded for a Go agent.
+const MAX_WEBSOCKET_MESSAGE: usize = 768 * 1024;
 
 /// How long to wait for the target's answer to a close the agent started.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

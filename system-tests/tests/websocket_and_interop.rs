@@ -158,7 +158,7 @@ async fn the_agent_reaches_the_server_through_an_upstream_proxy() {
     let (port, _tinyproxy) = tinyproxy(dir.path()).await;
     let tunnel = Tunnel::start_with(
         |_| {},
-        |agent| agent.upstream_proxy = Some(format!("http://127.0.0.1:{port}")),
+        |agent| agent.upstream_proxy = Some(format!("http://127.0.0.1:{port}").into()),
     )
     .await;
     let (ok, body, err) =

@@ -384,6 +384,110 @@ pub async fn curl_status(args: &[&str], url: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), format!("{body}{err}"))
 }
 
+/// A workspace binary (`fluidity-agent`, `fluidity-server`, `fluidity-lambdas`), beside this
+/// test's own executable in `target/<profile>/`. `cargo test --workspace` builds them (each
+/// of their packages has integration tests of its own, which makes cargo build its binary).
+/// A binary older than the sources would test old code (`cargo test -p fluidity-system-tests`
+/// or `--test X` alone does not rebuild it): that is refused.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash>
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join(name);
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo test --workspace`, which builds it",
+                path.display()
+            )
+        });
+    // The workspace crates each binary is built from.
+    let crates: &[&str] = match name {
+        "fluidity-agent" => &[
+            "fluidity-core",
+            "fluidity-aws",
+            "fluidity-server",
+            "fluidity-agent",
+        ],
+        "fluidity-server" => &["fluidity-core", "fluidity-aws", "fluidity-server"],
+        _ => &["fluidity-core", "fluidity-aws", "fluidity-lambdas"],
+    };
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let newest = crates
+        .iter()
+        .map(|krate| newest_modification(&workspace.join(krate).join("src")))
+        .max()
+        .unwrap();
+    assert!(
+        newest <= built,
+        "{} is older than the sources: run `cargo build --workspace --bins` (or `cargo test \
+         --workspace`) first",
+        path.display()
+    );
+    path
+}
+
+/// The newest modification time of the files under `dir` that a binary is built from
+/// (unit-test modules, `tests/` and `tests.rs`, are not).
+fn newest_modification(dir: &std::path::Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let name = entry.file_name();
+            if name == "tests" || name == "tests.rs" {
+                continue;
+            }
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if let Ok(modified) = meta.modified() {
+                newest = newest.max(modified);
+            }
+        }
+    }
+    newest
+}
+
+/// `fluidity-server --dev` keeping its CA and certificates in `dir`, allowed to reach
+/// loopback origins, with extra environment; returns it and its port once it listens.
+pub async fn start_server_process(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, u16) {
+    let port = free_port();
+    let mut server = tokio::process::Command::new(binary("fluidity-server"))
+        .args(["--dev", "--listen-port", &port.to_string(), "--cache-dir"])
+        .arg(dir)
+        .env("FLUIDITY_EGRESS_DENY", "[]")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut server, "fluidity-server").await;
+    (server, port)
+}
+
+/// A `/proc/<pid>/status` memory field (`VmRSS`, `VmHWM`), KiB.
+pub fn proc_memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Peak resident memory of a process, KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    proc_memory_kib(pid, "VmHWM")
+}
+
 /// A port that was free a moment ago (for processes that take a port, not a listener).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,5 +1,7 @@
 //! Deterministic session tests: two sessions wired back to back, no sockets, explicit time.
 
+mod hostile;
+
 use super::*;
 
 fn config() -> SessionConfig {

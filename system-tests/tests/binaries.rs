@@ -9,23 +9,14 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{free_port, http_origin, pattern_slice, wait_for_port};
+use support::{
+    free_port, http_origin, pattern_slice, peak_rss_kib, start_server_process, wait_for_port,
+};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 fn agent_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fluidity-agent"))
-}
-
-/// The server binary sits beside the agent's (cargo builds it for fluidity-server's tests).
-fn server_binary() -> PathBuf {
-    let path = agent_binary().with_file_name("fluidity-server");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test --workspace`",
-        path.display()
-    );
-    path
+    support::binary("fluidity-agent")
 }
 
 /// `fluidity-server --dev` and `fluidity-agent --dev --server` as two processes sharing `dir`,
@@ -49,34 +40,6 @@ async fn start_pair(
         .unwrap();
     wait_for_port(proxy_port, &mut agent, "fluidity-agent").await;
     (server, agent, server_port, proxy_port)
-}
-
-/// `fluidity-server --dev` sharing `dir`, allowed to reach loopback origins, with extra
-/// environment; returns it and its port once it listens.
-async fn start_server_process(dir: &std::path::Path, env: &[(&str, &str)]) -> (Child, u16) {
-    let port = free_port();
-    let mut server = Command::new(server_binary())
-        .args(["--dev", "--listen-port", &port.to_string(), "--cache-dir"])
-        .arg(dir)
-        .env("FLUIDITY_EGRESS_DENY", "[]")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_for_port(port, &mut server, "fluidity-server").await;
-    (server, port)
-}
-
-/// Peak resident memory of a process, KiB (`VmHWM`).
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 async fn get_through(proxy_port: u16, url: &str) -> (bool, Vec<u8>, String) {

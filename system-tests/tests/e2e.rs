@@ -252,6 +252,48 @@ async fn the_default_egress_policy_refuses_loopback_with_a_clear_error() {
     ])
     .await;
     assert!(!ok && err.contains("502"), "{err}");
+    // The server's own network is closed by default: private, shared and unique-local
+    // ranges, and IPv4 hidden in IPv6 (nothing is dialled: the policy decides first).
+    for target in [
+        "10.0.0.1:80",
+        "172.16.0.1:443",
+        "192.168.1.1:80",
+        "100.64.0.1:80",
+        "169.254.169.254:80",
+        "[fd00::1]:80",
+        "[::ffff:10.0.0.1]:80",
+        "224.0.0.1:80",
+    ] {
+        let (code, body) =
+            curl_status(&["-x", &tunnel.proxy_url()], &format!("http://{target}/")).await;
+        assert_eq!(code, 502, "{target}: {body}");
+        assert!(
+            body.contains("denied by the server's policy"),
+            "{target}: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_allow_opens_one_exception_to_the_default_policy() {
+    let origin = http_origin().await;
+    let tunnel = Tunnel::start_with(
+        |server| {
+            server.egress_deny = None;
+            server.egress_allow = vec![format!("{}/32", origin.ip())];
+        },
+        |_| {},
+    )
+    .await;
+    let (code, body) = curl_status(
+        &["-x", &tunnel.proxy_url()],
+        &format!("http://{origin}/hello"),
+    )
+    .await;
+    assert_eq!((code, body.as_str()), (200, "hello from origin"));
+    let (code, body) = curl_status(&["-x", &tunnel.proxy_url()], "http://127.0.0.2:9/").await;
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("denied by the server's policy"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

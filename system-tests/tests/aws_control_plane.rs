@@ -7,17 +7,18 @@
 //! finds its ARN at a fixture metadata endpoint and its public IP through ECS and EC2, and
 //! gets its certificate from the CA function; `fluidity-agent`, given only the control-plane
 //! URLs and the CA certificate, wakes, waits, gets its own certificate and carries curl's
-//! requests. Then Sleep keeps the busy server, Kill keeps it for a second agent, and the last
-//! agent's Kill stops it.
+//! requests. Then Sleep keeps the busy server; the first of two agents leaves and its Kill
+//! request is cancelled by the other's tunnel; the last agent leaves and Sleep acts on its
+//! Kill request.
 //!
 //! Needs `python3` with `moto[server]` (`pip install 'moto[server]'`; `.ci/run` installs it) and the workspace's binaries (`cargo test --workspace` builds them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
-use support::{free_port, wait_for_port};
+use support::{binary, free_port, wait_for_port};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -31,16 +32,9 @@ use tokio::process::{Child, Command};
 const CLUSTER: &str = "fluidity";
 const SERVICE: &str = "fluidity-server";
 const SECRET: &str = "fluidity/ca-certificate";
-
-fn binary(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_fluidity-agent")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
+/// How long after a Kill request Sleep acts on it (5 minutes in production, where it waits for
+/// CloudWatch; here the activity is the server's live /health).
+const KILL_SETTLE: Duration = Duration::from_secs(3);
 
 /// The AWS environment every process gets: moto's endpoint and dummy credentials, and
 /// nothing from the developer's own AWS setup.
@@ -232,7 +226,8 @@ async fn wake_query_connect_sleep_and_kill_against_a_local_aws() {
             "--activity-url",
             &format!("http://127.0.0.1:{health}/health"),
         ])
-        .env("CA_SECRET_NAME", SECRET);
+        .env("CA_SECRET_NAME", SECRET)
+        .env("KILL_SETTLE_SECONDS", KILL_SETTLE.as_secs().to_string());
     aws_env(&mut command, &endpoint);
     let mut control = command
         .stdout(Stdio::null())
@@ -340,40 +335,41 @@ async fn wake_query_connect_sleep_and_kill_against_a_local_aws() {
         "{answer}"
     );
 
-    // A second agent: nobody's Kill stops the server while another tunnel is open.
+    // A second agent. The first one leaves: its Kill only records a request, and Sleep,
+    // seeing the second agent's tunnel after it, cancels it. Nobody is cut off.
     let (mut second, second_port) =
         start_agent(dir.path(), "agent-2", plane, server_port, &endpoint).await;
-    let (ok, _, err) = support::curl(&[
-        "-x",
-        &format!("http://127.0.0.1:{second_port}"),
-        &format!("http://{origin}/hello"),
-    ])
-    .await;
+    let second_proxy = format!("http://127.0.0.1:{second_port}");
+    let hello = format!("http://{origin}/hello");
+    let through_second = ["-x", second_proxy.as_str(), hello.as_str()];
+    let (ok, _, err) = support::curl(&through_second).await;
     assert!(ok, "curl through the second agent: {err}");
     let (_, answer) = call(plane, "kill", json!({})).await;
-    assert_eq!(answer["status"], "kept", "{answer}");
-    sigterm(&mut second).await;
+    assert_eq!(answer["status"], "scheduled", "{answer}");
+    sigterm(&mut first).await;
+    wait_for_tunnels(health, 1).await;
+    tokio::time::sleep(KILL_SETTLE + Duration::from_millis(500)).await;
+    let (_, answer) = call(plane, "sleep", json!({})).await;
+    assert_eq!(answer["action"], "no_change", "{answer}");
     assert_eq!(
         desired(&endpoint),
         1,
-        "the second agent's Kill keeps the first one's server"
+        "the first agent's Kill keeps the second's server"
     );
+    let (ok, _, err) = support::curl(&through_second).await;
+    assert!(ok, "the second agent still works: {err}");
 
-    // The first agent's tunnel is the only one left: its Kill stops the service.
-    let started = Instant::now();
-    loop {
-        let (_, health) = call_health(health).await;
-        if health["tunnels"] == 1 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{health}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    sigterm(&mut first).await;
+    // The last agent leaves: once its tunnel is gone, Sleep acts on its Kill.
+    sigterm(&mut second).await;
+    assert_eq!(desired(&endpoint), 1, "Kill itself stops nothing");
+    wait_for_tunnels(health, 0).await;
+    tokio::time::sleep(KILL_SETTLE + Duration::from_millis(500)).await;
+    let (_, answer) = call(plane, "sleep", json!({})).await;
+    assert_eq!(answer["action"], "scaled_down", "{answer}");
     assert_eq!(
         desired(&endpoint),
         0,
-        "the last agent's Kill stops the server"
+        "the last agent's Kill stopped the server"
     );
     let (_, answer) = call(plane, "query", json!({})).await;
     assert_eq!(answer["status"], "negative", "{answer}");
@@ -385,6 +381,19 @@ async fn wake_query_connect_sleep_and_kill_against_a_local_aws() {
             .unwrap()
             .contains("already stopped")
     );
+}
+
+/// Waits (up to 10 s) until the server's `/health` reports `tunnels` open.
+async fn wait_for_tunnels(port: u16, tunnels: u64) {
+    let started = Instant::now();
+    loop {
+        let (_, health) = call_health(port).await;
+        if health["tunnels"] == tunnels {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn call_health(port: u16) -> (bool, Value) {
