@@ -24,8 +24,6 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked -p fluidity-agent \
-        --config profile.release.debug=0 \
-        --config profile.release.strip=true \
         --config profile.release.lto=true \
         --config profile.release.codegen-units=1 \
     && mkdir -p /out/tmp /out/home/.aws \

@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     }
     let loaded = load::<AgentConfig>(args.config.as_deref(), |k| std::env::var(k).ok(), &flags)?;
     let config = loaded.config;
-    init_logging(&config.log_level);
+    fluidity_core::cli::init_logging(&config.log_level);
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
@@ -85,14 +85,4 @@ fn main() -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
-}
-
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
 }

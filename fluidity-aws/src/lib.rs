@@ -1,16 +1,15 @@
 //! The client side of Fluidity's AWS control plane, shared by the agent and the server:
+//! [`client`] makes JSON calls to Wake, Query, Kill and the CA, retried on transient failures
+//! and SigV4-signed ([`sign`]) when they go to a Lambda Function URL or API Gateway, with
+//! credentials from the standard AWS chain.
 //!
-//! - [`client`]: JSON calls to Wake, Query, Kill and the CA, retried on transient failures and
-//!   SigV4-signed ([`sign`]) when they go to a Lambda Function URL or API Gateway;
-//! - [`tasks`]: what ECS and EC2 say about tasks (ARN, status, public IP), used by the
-//!   control-plane functions and by a server that looks up its own public IP.
-//!
-//! AWS crates live here and in `fluidity-lambdas`, never in `fluidity-core`.
+//! Only signing and the credential chain live here (`aws-sigv4`, `aws-config`): no AWS
+//! service SDK, so the agent and the server stay quick to build. The service SDKs (ECS, EC2,
+//! CloudWatch, Secrets Manager) are used only by `fluidity-lambdas`.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod sign;
-pub mod tasks;
 
 pub use client::{CaClient, ControlPlaneClient, http_client, http_client_builder};
 pub use sign::RequestSigner;

@@ -97,11 +97,13 @@ pub enum Error {
 
     /// A peer's certificate (or its absence, or its TLS version) was rejected during or right
     /// after the TLS handshake; the reason names what was expected and what was found.
+    #[cfg(feature = "tls")]
     #[error("peer rejected: {0}")]
     CertificateRejected(#[source] crate::pki::Rejection),
 
     /// The TLS layer failed for a reason other than a certificate check (the peer's alert,
     /// a protocol error, an unusable key).
+    #[cfg(feature = "tls")]
     #[error("{context}: {source}")]
     Tls {
         /// What was being done.
@@ -121,6 +123,7 @@ pub enum Error {
     },
 
     /// The CA refused a certificate signing request.
+    #[cfg(feature = "tls")]
     #[error("certificate request refused: {0}")]
     CsrRefused(#[source] crate::pki::CsrRefusal),
 
@@ -183,6 +186,7 @@ impl From<Error> for std::io::Error {
                 std::io::ErrorKind::ConnectionAborted
             }
             Error::Timeout(..) => std::io::ErrorKind::TimedOut,
+            #[cfg(feature = "tls")]
             Error::CertificateRejected(_) | Error::Tls { .. } => std::io::ErrorKind::InvalidData,
             Error::Io { source, .. } => source.kind(),
             _ => std::io::ErrorKind::Other,

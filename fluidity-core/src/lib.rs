@@ -17,21 +17,33 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod codec;
+#[cfg(feature = "config")]
 pub mod config;
 pub mod control;
+#[cfg(feature = "runtime")]
 pub mod driver;
 pub mod envelope;
 pub mod error;
 pub mod headers;
+#[cfg(feature = "runtime")]
 pub mod http_server;
+#[cfg(feature = "runtime")]
 pub mod issue;
+#[cfg(feature = "runtime")]
 pub mod locate;
+#[cfg(feature = "tls")]
 pub mod pki;
+#[cfg(feature = "runtime")]
 pub mod relay;
 pub mod session;
+#[cfg(feature = "runtime")]
 pub mod shutdown;
+#[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "runtime")]
 pub mod transport;
 
 pub use error::{Error, Result};

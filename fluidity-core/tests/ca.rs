@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use fluidity_core::Error;
-use fluidity_core::pki::ca::{AllowAll, is_task_arn};
+use fluidity_core::pki::ca::{AllowAll, IpSans, is_task_arn};
 use fluidity_core::pki::csr::{self, SigningRequest};
 use fluidity_core::pki::{
     CertificateAuthority, CsrPolicy, CsrRefusal, KeyAlgorithm, SigningOptions,
@@ -337,12 +337,12 @@ impl CsrPolicy for CallerPolicy {
         request: &SigningRequest,
         arn: &str,
         context: &SigningRequestContext,
-    ) -> Result<(), String> {
+    ) -> Result<IpSans, String> {
         if arn != self.running {
             return Err(format!("{arn} is not a running task of this cluster"));
         }
         match context.source_ip {
-            Some(source) if request.ip_addresses == [source] => Ok(()),
+            Some(source) if request.ip_addresses == [source] => Ok(IpSans::AsRequested),
             other => Err(format!(
                 "IP SANs {:?} are not the caller's {other:?}",
                 request.ip_addresses

@@ -168,7 +168,7 @@ impl ControlPlane {
     /// `AWS_ENDPOINT_URL`), with optional local replacements.
     pub async fn from_aws(settings: &Settings, local: LocalOverrides) -> Result<Self, Error> {
         let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
-        let tasks = fluidity_aws::tasks::TaskDirectory::new(
+        let tasks = crate::tasks::TaskDirectory::new(
             aws_sdk_ecs::Client::new(&config),
             aws_sdk_ec2::Client::new(&config),
         );

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::tasks::TaskDirectory;
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
-use fluidity_aws::tasks::TaskDirectory;
 use fluidity_core::pki::{CertificateAuthority, SigningOptions};
 
 use crate::Error;

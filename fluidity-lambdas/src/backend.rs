@@ -22,7 +22,7 @@ pub struct ServiceState {
     pub kill_requested: Option<SystemTime>,
 }
 
-pub use fluidity_aws::tasks::Task;
+pub use crate::tasks::Task;
 
 /// The ECS service the control plane manages (cluster and service fixed by the environment).
 #[async_trait]

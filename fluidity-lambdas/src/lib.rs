@@ -17,6 +17,7 @@ pub mod event;
 pub mod handlers;
 pub mod local;
 pub mod serve;
+pub mod tasks;
 
 pub use app::{ControlPlane, Function, LocalOverrides, Settings};
 

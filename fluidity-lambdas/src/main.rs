@@ -51,15 +51,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let in_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        // CloudWatch Logs shows escape codes as text.
-        .with_ansi(!in_lambda)
-        .with_target(false)
-        .init();
+    fluidity_core::cli::init_logging("info");
     let cli = Cli::parse();
     let settings = Settings::from_env(|key| std::env::var(key).ok())?;
     match cli.command {

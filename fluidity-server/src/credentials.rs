@@ -72,9 +72,15 @@ fn arn_acceptor(config: &ServerConfig) -> Result<(TlsAcceptor, Arc<ServerCertMan
                 .into(),
         )
     })?;
-    let server_ip = config
-        .server_ip
-        .ok_or_else(|| Error::Config("ARN mode needs server_ip (or SERVER_PUBLIC_IP)".into()))?;
+    // With the CA service, the CA decides the IP (the public IP it saw the request come from);
+    // a local CA signs what it is asked, so it must be told.
+    let server_ip = config.server_ip;
+    if server_ip.is_none() && config.ca_service_url.is_none() {
+        return Err(Error::Config(
+            "ARN mode with a local CA needs server_ip (or SERVER_PUBLIC_IP): the IP agents dial"
+                .into(),
+        ));
+    }
     // The CA that agents' certificates must chain to: configured, or the local CA's own.
     let configured_roots = match (&config.ca_cert_file, &config.ca_cert) {
         (Some(file), _) => Some(root_store_file(file)?),
@@ -125,6 +131,6 @@ fn arn_acceptor(config: &ServerConfig) -> Result<(TlsAcceptor, Arc<ServerCertMan
     let mut cert_config = ServerCertConfig::new(server_arn.clone(), server_ip);
     cert_config.cache_dir = config.cache_dir.as_ref().map(|d| d.join("server"));
     let manager = Arc::new(ServerCertManager::new(cert_config, issuer)?);
-    tracing::info!(%server_arn, %server_ip, ca = %source, "ARN certificate mode");
+    tracing::info!(%server_arn, server_ip = ?server_ip, ca = %source, "ARN certificate mode");
     Ok((TlsAcceptor::arn(manager.clone(), roots)?, manager))
 }

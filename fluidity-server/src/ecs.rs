@@ -1,10 +1,10 @@
-//! Where the server learns who it is: its task ARN and the IP agents dial.
+//! Where the server learns who it is: its task ARN, and (when it knows it) the IP agents dial.
 //!
-//! In order: the config (`server_arn`, `server_ip`), then `SERVER_ARN` / `SERVER_PUBLIC_IP`,
-//! then, on ECS, the task metadata endpoint (`$ECS_CONTAINER_METADATA_URI_V4/task`) for the
-//! ARN and cluster. The metadata does not include a Fargate task's *public* IP, so the server
-//! asks ECS (`DescribeTasks` on its own ARN: the network interface) and EC2
-//! (`DescribeNetworkInterfaces`: its public IP) with the task role's credentials.
+//! The ARN comes from the config (`server_arn`), then `SERVER_ARN`, then, on ECS, the task
+//! metadata endpoint (`$ECS_CONTAINER_METADATA_URI_V4/task`, plain HTTP inside the task). The
+//! IP comes from the config (`server_ip`) or `SERVER_PUBLIC_IP`; on AWS neither is needed: the
+//! CA function puts the public IP it saw the server's request come from (which it checked is
+//! the task's) into the server's certificate. So the server needs no AWS service SDK.
 
 use std::time::Duration;
 
@@ -16,51 +16,37 @@ pub async fn discover(
     config: &mut ServerConfig,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(), Error> {
-    let mut ecs_task = None;
     if config.server_arn.is_none() {
         if let Some(arn) = env("SERVER_ARN").filter(|a| !a.is_empty()) {
             config.server_arn = Some(arn);
         } else if let Some(uri) = env("ECS_CONTAINER_METADATA_URI_V4").filter(|u| !u.is_empty()) {
             let task = task_metadata(&uri).await?;
             tracing::info!(arn = %task.arn, cluster = %task.cluster, "task ARN from the ECS metadata endpoint");
-            config.server_arn = Some(task.arn.clone());
-            ecs_task = Some(task);
+            config.server_arn = Some(task.arn);
         }
     }
-    if config.server_ip.is_none() {
-        if let Some(ip) = env("SERVER_PUBLIC_IP").filter(|ip| !ip.is_empty()) {
-            config.server_ip = Some(ip.parse().map_err(|_| {
+    if config.server_ip.is_none()
+        && let Some(ip) = env("SERVER_PUBLIC_IP").filter(|ip| !ip.is_empty())
+    {
+        config.server_ip =
+            Some(ip.parse().map_err(|_| {
                 Error::Config(format!("SERVER_PUBLIC_IP {ip:?} is not an IP address"))
             })?);
-        } else if let Some(task) = ecs_task {
-            let region = fluidity_aws::tasks::arn_region(&task.arn);
-            let directory = fluidity_aws::tasks::TaskDirectory::from_env(region).await;
-            let ip = directory
-                .wait_for_public_ip(&task.cluster, &task.arn, PUBLIC_IP_PATIENCE)
-                .await
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "finding this task's public IP through ECS and EC2 (or set SERVER_PUBLIC_IP): {e}"
-                    ))
-                })?;
-            tracing::info!(%ip, "public IP from the task's network interface");
-            config.server_ip = Some(ip);
-        }
     }
     Ok(())
 }
-
-/// How long a starting task waits for its network interface to get a public IP.
-const PUBLIC_IP_PATIENCE: Duration = Duration::from_secs(120);
 
 /// This task, as its metadata endpoint describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskMetadata {
     /// `TaskARN`.
     pub arn: String,
-    /// `Cluster` (a name or an ARN; ECS accepts both).
+    /// `Cluster` (a name or an ARN), for the logs.
     pub cluster: String,
 }
+
+/// How long the metadata endpoint may take to answer.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `TaskARN` and `Cluster` from `<metadata>/task`.
 pub async fn task_metadata(metadata_uri: &str) -> Result<TaskMetadata, Error> {
@@ -70,7 +56,7 @@ pub async fn task_metadata(metadata_uri: &str) -> Result<TaskMetadata, Error> {
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured(crate::target_tls(None)?)
         .no_proxy()
-        .timeout(Duration::from_secs(5))
+        .timeout(METADATA_TIMEOUT)
         .build()?;
     let response = client
         .get(&url)

@@ -4,8 +4,9 @@
 //! `fluidity-lambdas serve` runs the five functions against it. Wake scales the service up;
 //! the test plays ECS by starting the task (moto starts none) and giving its network
 //! interface the Elastic IP 127.0.0.1. Query then reports that task. A `fluidity-server`
-//! finds its ARN at a fixture metadata endpoint and its public IP through ECS and EC2, and
-//! gets its certificate from the CA function; `fluidity-agent`, given only the control-plane
+//! finds its ARN at a fixture metadata endpoint and gets its certificate from the CA function,
+//! which lists the public IP it verified (the server calls no AWS API itself, and has no AWS
+//! credentials here); `fluidity-agent`, given only the control-plane
 //! URLs and the CA certificate, wakes, waits, gets its own certificate and carries curl's
 //! requests. Then Sleep keeps the busy server; the first of two agents leaves and its Kill
 //! request is cancelled by the other's tunnel; the last agent leaves and Sleep acts on its
@@ -278,8 +279,9 @@ async fn wake_query_connect_sleep_and_kill_against_a_local_aws() {
     let (code, answer) = call(plane, "ca", json!({"csr": csr})).await;
     assert_eq!(code, 403, "{answer}");
 
-    // The server, as ECS would start it: the ARN from task metadata, the public IP from ECS
-    // and EC2, the CA certificate from the environment, its own certificate from the CA.
+    // The server, as ECS would start it: the ARN from task metadata, the CA certificate from
+    // the environment, its own certificate from the CA, which decides its IP. No AWS
+    // endpoint or credentials: the server needs none.
     let server_port = free_port();
     let mut command = Command::new(binary("fluidity-server"));
     command
@@ -297,7 +299,14 @@ async fn wake_query_connect_sleep_and_kill_against_a_local_aws() {
         .env("FLUIDITY_CACHE_DIR", dir.path().join("server"))
         .env("FLUIDITY_HEALTH_ADDR", format!("127.0.0.1:{health}"))
         .env("FLUIDITY_EGRESS_DENY", "[]");
-    aws_env(&mut command, &endpoint);
+    for key in [
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        command.env_remove(key);
+    }
     let mut server = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -305,6 +314,24 @@ async fn wake_query_connect_sleep_and_kill_against_a_local_aws() {
         .spawn()
         .unwrap();
     wait_for_port(server_port, &mut server, "fluidity-server").await;
+    // Its certificate names the task and the public IP the CA verified, nothing else.
+    let cert_file = dir.path().join("server/server/server.crt");
+    let started = Instant::now();
+    while !cert_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no server certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server_cert = std::fs::read(&cert_file).unwrap();
+    let der = CertificateDer::from_pem_slice(&server_cert).unwrap();
+    let info = fluidity_core::pki::CertificateInfo::parse(&der).unwrap();
+    assert_eq!(info.arn(), Some(task_arn.as_str()));
+    assert_eq!(
+        info.ip_addresses,
+        vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
 
     // An agent that knows only the control plane carries curl's request.
     let origin = support::http_origin().await;

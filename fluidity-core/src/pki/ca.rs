@@ -98,16 +98,27 @@ pub struct SigningRequestContext {
     pub source_ip: Option<IpAddr>,
 }
 
+/// Which IP SANs a signed certificate lists, as a policy decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpSans {
+    /// The ones the request lists.
+    AsRequested,
+    /// These, whatever the request lists (the CA verified them itself, e.g. the caller's
+    /// source address).
+    Exactly(Vec<IpAddr>),
+}
+
 /// Deployment-specific authorisation of a request that passed the CA's own checks.
 #[async_trait]
 pub trait CsrPolicy: Send + Sync {
-    /// Allows or refuses `request` for identity `arn`; the error is the reason.
+    /// Allows `request` for identity `arn` (saying which IP SANs the certificate gets) or
+    /// refuses it; the error is the reason.
     async fn authorise(
         &self,
         request: &SigningRequest,
         arn: &str,
         context: &SigningRequestContext,
-    ) -> std::result::Result<(), String>;
+    ) -> std::result::Result<IpSans, String>;
 }
 
 /// A policy that adds no restriction beyond the CA's own checks (local CA, tests).
@@ -121,8 +132,8 @@ impl CsrPolicy for AllowAll {
         _request: &SigningRequest,
         _arn: &str,
         _context: &SigningRequestContext,
-    ) -> std::result::Result<(), String> {
-        Ok(())
+    ) -> std::result::Result<IpSans, String> {
+        Ok(IpSans::AsRequested)
     }
 }
 
@@ -275,19 +286,18 @@ impl CertificateAuthority {
         if !legacy && !is_task_arn(&identity) {
             return Err(CsrRefusal::NotATaskArn { found: identity });
         }
-        if request.ip_addresses.is_empty() {
-            return Err(CsrRefusal::NoIpAddress);
-        }
         Ok((request, identity))
     }
 
     /// Checks and signs a CSR at time `now` with no authorisation beyond the CA's own rules.
+    /// The CSR must list at least one IP.
     pub fn sign(&self, csr_pem: &str, now: SystemTime) -> Result<IssuedCertificate> {
         let (request, identity) = self.check(csr_pem).map_err(Error::CsrRefused)?;
-        self.issue(&request, &identity, now)
+        self.issue(&request, &identity, &request.ip_addresses, now)
     }
 
-    /// Checks a CSR, asks `policy`, and signs it at time `now`.
+    /// Checks a CSR, asks `policy` (which may decide the IP SANs itself: a CSR may then list
+    /// none), and signs it at time `now`.
     pub async fn sign_with_policy(
         &self,
         csr_pem: &str,
@@ -296,11 +306,15 @@ impl CertificateAuthority {
         now: SystemTime,
     ) -> Result<IssuedCertificate> {
         let (request, identity) = self.check(csr_pem).map_err(Error::CsrRefused)?;
-        policy
+        let decided = policy
             .authorise(&request, &identity, context)
             .await
             .map_err(|reason| Error::CsrRefused(CsrRefusal::NotAuthorised(reason)))?;
-        self.issue(&request, &identity, now)
+        let ips = match decided {
+            IpSans::AsRequested => request.ip_addresses.clone(),
+            IpSans::Exactly(ips) => ips,
+        };
+        self.issue(&request, &identity, &ips, now)
     }
 
     /// Issues the leaf for a checked request.
@@ -308,8 +322,12 @@ impl CertificateAuthority {
         &self,
         request: &SigningRequest,
         identity: &str,
+        ips: &[IpAddr],
         now: SystemTime,
     ) -> Result<IssuedCertificate> {
+        if ips.is_empty() {
+            return Err(Error::CsrRefused(CsrRefusal::NoIpAddress));
+        }
         let public_key = SubjectPublicKeyInfo::from_der(&request.public_key_info)
             .map_err(|e| Error::CsrRefused(CsrRefusal::UnsupportedKey(e.to_string())))?;
         let mut params = CertificateParams::default();
@@ -323,12 +341,9 @@ impl CertificateAuthority {
                 .map_err(|e| Error::CsrRefused(CsrRefusal::Unparseable(format!("ARN: {e}"))))?;
             params.subject_alt_names.push(SanType::URI(uri));
         }
-        params.subject_alt_names.extend(
-            request
-                .ip_addresses
-                .iter()
-                .map(|ip| SanType::IpAddress(ip.to_canonical())),
-        );
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(ip.to_canonical())));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -344,7 +359,7 @@ impl CertificateAuthority {
             .map_err(|e| Error::certificate("signing the certificate", e))?;
         tracing::info!(
             identity,
-            ips = ?request.ip_addresses,
+            ips = ?ips,
             valid_for = ?self.options.validity,
             "issued certificate"
         );

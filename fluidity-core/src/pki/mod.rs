@@ -39,7 +39,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::error::{Error, Result};
 use crate::issue::IssuedCertificate;
 
-pub use ca::{CertificateAuthority, CsrPolicy, CsrRefusal, SigningOptions, SigningRequestContext};
+pub use ca::{
+    CertificateAuthority, CsrPolicy, CsrRefusal, IpSans, SigningOptions, SigningRequestContext,
+};
 pub use info::CertificateInfo;
 pub use keys::KeyAlgorithm;
 pub use verify::Rejection;

@@ -2,8 +2,9 @@
 //!
 //! - the ARN must be a RUNNING task of the configured service;
 //! - a caller whose source IP is that task's public IP is the server itself: its certificate
-//!   must list exactly that IP (TLS shows the server's certificate to anyone, so it names no
-//!   one else);
+//!   lists exactly that IP, whatever the request lists (the server need not know its own
+//!   public IP; TLS shows its certificate to anyone, so it names no one else), and a request
+//!   listing another address is refused;
 //! - any other caller is an agent: its certificate must list exactly the caller's source IP.
 
 use std::net::IpAddr;
@@ -12,7 +13,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use fluidity_core::control::{SignRequest, SignResponse};
 use fluidity_core::pki::csr::SigningRequest;
-use fluidity_core::pki::{CertificateAuthority, CsrPolicy, SigningRequestContext};
+use fluidity_core::pki::{CertificateAuthority, CsrPolicy, IpSans, SigningRequestContext};
 
 use crate::Error;
 use crate::backend::EcsService;
@@ -44,7 +45,7 @@ impl CsrPolicy for RunningTaskPolicy<'_> {
         request: &SigningRequest,
         arn: &str,
         context: &SigningRequestContext,
-    ) -> Result<(), String> {
+    ) -> Result<IpSans, String> {
         let tasks = self
             .ecs
             .running_tasks()
@@ -64,15 +65,15 @@ impl CsrPolicy for RunningTaskPolicy<'_> {
             .map(|ip| ip.to_canonical())
             .collect();
         if task.public_ip.map(|ip| ip.to_canonical()) == Some(caller) {
-            if ips == [caller] {
-                return Ok(());
+            if ips.is_empty() || ips == [caller] {
+                return Ok(IpSans::Exactly(vec![caller]));
             }
             return Err(format!(
                 "the server's certificate must list exactly its own IP {caller}, not {ips:?}"
             ));
         }
         if ips == [caller] {
-            Ok(())
+            Ok(IpSans::AsRequested)
         } else {
             Err(format!(
                 "an agent certificate must list exactly the caller's IP {caller}, not {ips:?}"
@@ -151,7 +152,8 @@ mod tests {
         .unwrap();
         assert!(signed.certificate.contains("BEGIN CERTIFICATE"));
         assert_eq!(signed.chain, vec![ca.certificate_pem().to_owned()]);
-        // The server itself, listing its own IP.
+        // The server itself, listing its own IP, or none: the CA puts in the address it
+        // verified either way.
         sign(
             &ca,
             &ecs,
@@ -161,6 +163,15 @@ mod tests {
         )
         .await
         .unwrap();
+        let signed = sign(&ca, &ecs, &request(TASK, &[]), Some(server), now)
+            .await
+            .unwrap();
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(signed.certificate.as_bytes())
+            .unwrap();
+        let info = fluidity_core::pki::CertificateInfo::parse(&der).unwrap();
+        assert_eq!(info.ip_addresses, vec![server]);
+        assert_eq!(info.arn(), Some(TASK));
 
         let refused = |result: Result<SignResponse, Error>| match result {
             Err(e) => (e.status(), e.to_string()),
@@ -226,6 +237,9 @@ mod tests {
             .await,
         );
         assert!(why.contains("exactly its own IP"), "{why}");
+        // An agent must name its address (only the server's is decided by the CA).
+        let (_, why) = refused(sign(&ca, &ecs, &request(TASK, &[]), Some(agent), now).await);
+        assert!(why.contains("exactly the caller's IP"), "{why}");
         // The CA's own rules still apply first.
         let (code, _) = refused(
             sign(

@@ -1,23 +1,17 @@
-//! What ECS and EC2 say about tasks: ARN, status, start time and public IP.
+//! What ECS and EC2 say about the service's tasks: ARN, status, start time and public IP.
 //!
 //! A Fargate task's public IP is not in ECS's answer: ECS names the task's elastic network
 //! interface (attachment `ElasticNetworkInterface`, detail `networkInterfaceId`) and EC2's
 //! `DescribeNetworkInterfaces` gives that interface's public IP (`Association.PublicIp`).
-//! The control-plane functions use this for every task of the service; a server uses it for
-//! its own task to learn the IP agents dial.
+//! Only the control-plane functions ask: the server learns its public IP from the certificate
+//! the CA function signs for it (the CA verified that address), so neither the server nor the
+//! agent needs the ECS or EC2 SDK.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use aws_config::BehaviorVersion;
-
-use crate::Error;
-
-/// The region in an ARN (`arn:aws:ecs:<region>:...`).
-pub fn arn_region(arn: &str) -> Option<&str> {
-    arn.split(':').nth(3).filter(|region| !region.is_empty())
-}
+use fluidity_aws::Error;
 
 /// One ECS task as the control plane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,25 +41,6 @@ pub struct TaskDirectory {
 }
 
 impl TaskDirectory {
-    /// Clients from the default AWS configuration (region, credentials and
-    /// `AWS_ENDPOINT_URL` from the environment), in `fallback_region` when the environment
-    /// names none (a task knows its region from its own ARN).
-    pub async fn from_env(fallback_region: Option<&str>) -> Self {
-        let mut config = aws_config::defaults(BehaviorVersion::latest()).load().await;
-        if config.region().is_none()
-            && let Some(region) = fallback_region
-        {
-            config = aws_config::defaults(BehaviorVersion::latest())
-                .region(aws_config::Region::new(region.to_owned()))
-                .load()
-                .await;
-        }
-        TaskDirectory::new(
-            aws_sdk_ecs::Client::new(&config),
-            aws_sdk_ec2::Client::new(&config),
-        )
-    }
-
     /// Over existing clients.
     pub fn new(ecs: aws_sdk_ecs::Client, ec2: aws_sdk_ec2::Client) -> Self {
         TaskDirectory { ecs, ec2 }
@@ -169,53 +144,5 @@ impl TaskDirectory {
             }
         }
         Ok(ips)
-    }
-
-    /// The public IP of one task, waiting up to `patience` for its interface to get one
-    /// (a server asking about itself right after start).
-    pub async fn wait_for_public_ip(
-        &self,
-        cluster: &str,
-        task_arn: &str,
-        patience: Duration,
-    ) -> Result<IpAddr, Error> {
-        let deadline = tokio::time::Instant::now() + patience;
-        let mut pause = Duration::from_millis(500);
-        loop {
-            let last = match self.describe(cluster, &[task_arn.to_owned()]).await {
-                Ok(tasks) => match tasks.first() {
-                    Some(Task {
-                        public_ip: Some(ip),
-                        ..
-                    }) => return Ok(*ip),
-                    Some(_) => format!("task {task_arn} has no public IP yet"),
-                    None => format!("ECS does not know task {task_arn} in cluster {cluster}"),
-                },
-                Err(e) => e.to_string(),
-            };
-            if tokio::time::Instant::now() + pause > deadline {
-                return Err(Error::Unexpected(format!(
-                    "no public IP for this task after {patience:?}: {last}"
-                )));
-            }
-            tracing::info!(reason = %last, "waiting for the task's public IP");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_region_comes_from_the_arn() {
-        assert_eq!(
-            arn_region("arn:aws:ecs:eu-west-1:123456789012:task/fluidity/abc"),
-            Some("eu-west-1")
-        );
-        assert_eq!(arn_region("arn:aws:ecs::123456789012:task/x"), None);
-        assert_eq!(arn_region("not an arn"), None);
     }
 }
