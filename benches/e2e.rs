@@ -14,6 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a failure should panic
 
+use fluidity_core::config::CertificateSettings;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -110,7 +111,10 @@ async fn tunnel(dir: &std::path::Path) -> SocketAddr {
         listen_addr: [127, 0, 0, 1].into(),
         server_arn: Some(ARN.into()),
         server_ip: Some([127, 0, 0, 1].into()),
-        ca_dir: Some(dir.join("ca")),
+        certificates: CertificateSettings {
+            ca_dir: Some(dir.join("ca")),
+            ..Default::default()
+        },
         egress_deny: Some(vec![]),
         max_connections: 10,
         ..Default::default()
@@ -129,7 +133,10 @@ async fn tunnel(dir: &std::path::Path) -> SocketAddr {
         server: Some(server.to_string()),
         server_arn: Some(ARN.into()),
         agent_ip: Some([127, 0, 0, 1].into()),
-        ca_dir: Some(dir.join("ca")),
+        certificates: CertificateSettings {
+            ca_dir: Some(dir.join("ca")),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let listener = fluidity_core::transport::listen("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -7,9 +7,9 @@
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fluidity_core::Connection;
 use fluidity_core::codec::CodecKind;
-use fluidity_core::driver::Connection;
-use fluidity_core::session::{Reply, Role, Session, SessionConfig};
+use fluidity_core::{Reply, Session, SessionConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOTAL: usize = 64 << 20;
@@ -17,19 +17,8 @@ const TOTAL: usize = 64 << 20;
 fn setup(rt: &tokio::runtime::Runtime, codec: CodecKind) -> Connection {
     rt.block_on(async {
         let (a, b) = tokio::io::duplex(1 << 20);
-        let mut client = Session::new(
-            Role::Client,
-            codec,
-            SessionConfig::default(),
-            Instant::now(),
-        );
-        client.send_hello();
-        let server = Session::new(
-            Role::Server,
-            codec,
-            SessionConfig::default(),
-            Instant::now(),
-        );
+        let client = Session::client(codec, SessionConfig::default(), Instant::now());
+        let server = Session::server(codec, SessionConfig::default(), Instant::now());
         let client = Connection::spawn(a, client);
         let server = Connection::spawn(b, server);
         // The server side drains every stream and reports its byte count back.

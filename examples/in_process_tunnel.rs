@@ -6,10 +6,10 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
+use fluidity_core::Connection;
 use fluidity_core::codec::CodecKind;
-use fluidity_core::driver::Connection;
-use fluidity_core::session::{Reply, Role, Session, SessionConfig, Target};
 use fluidity_core::transport::{MemoryTransport, Transport};
+use fluidity_core::{Reply, Session, SessionConfig, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -36,12 +36,8 @@ async fn main() -> anyhow::Result<()> {
             let Ok(established) = server_transport.handshake(raw, peer).await else {
                 continue;
             };
-            let session = Session::new(
-                Role::Server,
-                established.codec,
-                SessionConfig::default(),
-                Instant::now(),
-            );
+            let session =
+                Session::server(established.codec, SessionConfig::default(), Instant::now());
             let tunnel = Connection::spawn(established.stream, session);
             tokio::spawn(async move {
                 while let Some(incoming) = tunnel.accept().await {
@@ -68,13 +64,13 @@ async fn main() -> anyhow::Result<()> {
     });
 
     // Agent side: one tunnel, one CONNECT stream through it.
-    let established = transport.connect("127.0.0.1:8443".parse()?).await?;
-    let session = Session::new(
-        Role::Client,
-        established.codec,
-        SessionConfig::default(),
-        Instant::now(),
-    );
+    let server = fluidity_core::ServerInfo {
+        address: "127.0.0.1:8443".parse()?,
+        server_arn: None,
+        agent_ip: None,
+    };
+    let established = transport.connect(&server).await?;
+    let session = Session::client(established.codec, SessionConfig::default(), Instant::now());
     let tunnel = Connection::spawn(established.stream, session);
     let mut stream = tunnel
         .connect(&origin_addr.to_string())

@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
+use fluidity_core::Connection;
 use fluidity_core::codec::CodecKind;
-use fluidity_core::driver::Connection;
-use fluidity_core::session::{Reply, Role, Session, SessionConfig};
+use fluidity_core::{Reply, Session, SessionConfig};
 use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -17,12 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         socket.set_nodelay(true)?;
         let server = Connection::spawn(
             socket,
-            Session::new(
-                Role::Server,
-                CodecKind::Binary,
-                SessionConfig::default(),
-                Instant::now(),
-            ),
+            Session::server(CodecKind::Binary, SessionConfig::default(), Instant::now()),
         );
         while let Some(incoming) = server.accept().await {
             let stream = incoming.accept(Reply::Connect)?;
@@ -35,13 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let socket = TcpStream::connect(address).await?;
     socket.set_nodelay(true)?;
-    let mut session = Session::new(
-        Role::Client,
-        CodecKind::Binary,
-        SessionConfig::default(),
-        Instant::now(),
-    );
-    session.send_hello();
+    let session = Session::client(CodecKind::Binary, SessionConfig::default(), Instant::now());
     let client = Connection::spawn(socket, session);
     let mut streams = Vec::new();
     for _ in 0..10 {

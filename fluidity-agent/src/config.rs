@@ -4,7 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fluidity_core::config::{ConfigKeys, Secret, duration, optional};
+use fluidity_core::config::{CertificateSettings, ConfigKeys, Secret, duration, optional};
+use fluidity_core::transport::TransportKind;
 use serde::Deserialize;
 
 /// Everything `fluidity-agent` can be told. Every field has a working default.
@@ -37,23 +38,21 @@ pub struct AgentConfig {
     /// local address the route to the server uses).
     #[serde(deserialize_with = "optional::deserialize")]
     pub agent_ip: Option<IpAddr>,
+    /// Where certificates come from (`cert_file`/`key_file`/`ca_cert_file`, `ca_dir`, or
+    /// `ca_service_url` with `ca_cert_file`), and where they are cached (`cache_dir`).
+    #[serde(flatten)]
+    pub certificates: CertificateSettings,
 
-    /// Static mode: the agent's certificate chain (PEM).
+    /// `tls` (default): mutual TLS straight to the server's port; `websocket`: inside a
+    /// WebSocket to `websocket_url` (through HTTP-only proxies and load balancers).
+    pub transport: TransportKind,
+    /// With `transport: websocket`: `ws://` or `wss://host[:port]/path` (the server's or its
+    /// load balancer's). The server is still verified as itself (`server`/`server_ip`, ARN).
     #[serde(deserialize_with = "optional::deserialize")]
-    pub cert_file: Option<PathBuf>,
-    /// Static mode: the agent's private key (PEM).
+    pub websocket_url: Option<String>,
+    /// Extra CA certificates (PEM) trusted for a `wss://` endpoint, besides the Mozilla roots.
     #[serde(deserialize_with = "optional::deserialize")]
-    pub key_file: Option<PathBuf>,
-    /// The CA certificate the server's certificate must chain to (PEM). With `ca_dir` it
-    /// defaults to that CA's certificate.
-    #[serde(deserialize_with = "optional::deserialize")]
-    pub ca_cert_file: Option<PathBuf>,
-    /// Where the agent's certificate and key are cached (alias `cert_cache_dir`).
-    #[serde(deserialize_with = "optional::deserialize")]
-    pub cache_dir: Option<PathBuf>,
-    /// ARN mode, self-hosted: get certificates from the local CA in this directory.
-    #[serde(deserialize_with = "optional::deserialize")]
-    pub ca_dir: Option<PathBuf>,
+    pub websocket_ca_file: Option<PathBuf>,
 
     /// Lifecycle endpoints of the AWS control plane (aliases `*_lambda_url`).
     #[serde(deserialize_with = "optional::deserialize")]
@@ -64,9 +63,6 @@ pub struct AgentConfig {
     /// See `wake_endpoint`.
     #[serde(deserialize_with = "optional::deserialize")]
     pub kill_endpoint: Option<String>,
-    /// The CA service (alias `ca_lambda_url`).
-    #[serde(deserialize_with = "optional::deserialize")]
-    pub ca_service_url: Option<String>,
 
     /// How long to wait for the control plane to report a ready server (default 180 s; a
     /// Fargate cold start takes 60–90 s).
@@ -111,15 +107,13 @@ impl Default for AgentConfig {
             server_name: None,
             server_arn: None,
             agent_ip: None,
-            cert_file: None,
-            key_file: None,
-            ca_cert_file: None,
-            cache_dir: None,
-            ca_dir: None,
+            certificates: CertificateSettings::default(),
+            transport: TransportKind::Tls,
+            websocket_url: None,
+            websocket_ca_file: None,
             wake_endpoint: None,
             query_endpoint: None,
             kill_endpoint: None,
-            ca_service_url: None,
             startup_timeout: Duration::from_secs(180),
             proxy_auth: None,
             upstream_proxy: None,
@@ -160,15 +154,12 @@ impl ConfigKeys for AgentConfig {
         "server_name",
         "server_arn",
         "agent_ip",
-        "cert_file",
-        "key_file",
-        "ca_cert_file",
-        "cache_dir",
-        "ca_dir",
+        "transport",
+        "websocket_url",
+        "websocket_ca_file",
         "wake_endpoint",
         "query_endpoint",
         "kill_endpoint",
-        "ca_service_url",
         "startup_timeout",
         "proxy_auth",
         "upstream_proxy",
@@ -178,6 +169,7 @@ impl ConfigKeys for AgentConfig {
         "dead_server_timeout",
         "dev",
     ];
+    const BASE: &'static [&'static str] = CertificateSettings::KEYS;
     const ALIASES: &'static [(&'static str, &'static str)] = &[
         ("server_public_ip", "server_ip"),
         ("agent_public_ip", "agent_ip"),

@@ -32,8 +32,12 @@ impl Drop for EmbeddedServer {
 /// The embedded server reads its own settings from `FLUIDITY_<KEY>` variables (for example
 /// `FLUIDITY_EGRESS_DENY=[]` to let it reach loopback targets).
 pub async fn prepare(config: &mut AgentConfig) -> Result<Option<EmbeddedServer>, Error> {
-    let dir = config.cache_dir.get_or_insert_with(default_dev_dir).clone();
-    config.ca_dir.get_or_insert_with(|| dir.join("ca"));
+    let certificates = &mut config.certificates;
+    let dir = certificates
+        .cache_dir
+        .get_or_insert_with(default_dev_dir)
+        .clone();
+    certificates.ca_dir.get_or_insert_with(|| dir.join("ca"));
     config.server_arn.get_or_insert_with(|| DEV_ARN.to_owned());
     if config.server.is_some() || config.server_ip.is_some() {
         return Ok(None);

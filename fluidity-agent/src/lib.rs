@@ -20,16 +20,18 @@ pub mod dev;
 pub mod lifecycle;
 mod proxy;
 pub mod tunnel;
-pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fluidity_core::locate::{ServerInfo, ServerLocator, StaticLocator};
 use fluidity_core::pki::agent_certs::{AgentCertConfig, AgentCertManager};
-use fluidity_core::pki::local_ca::LocalCa;
-use fluidity_core::pki::{SigningOptions, TlsIdentity, root_store, root_store_file};
+use fluidity_core::pki::{CredentialSource, root_store_file};
+use fluidity_core::tls::{ClientIdentity, TlsClient, WebSocketClient, WebSocketTransport};
+use fluidity_core::transport::{HttpProxy, Route, TransportKind};
+use fluidity_core::{
+    CertIssuer, ServerInfo, ServerLocator, StaticLocator, TlsTransport, Transport,
+};
 use tokio::net::TcpListener;
 
 pub use config::AgentConfig;
@@ -38,8 +40,7 @@ pub use fluidity_core;
 use fluidity_aws::{CaClient, ControlPlaneClient, RequestSigner};
 
 use crate::lifecycle::{ControlPlane, LambdaLocator};
-use crate::tunnel::{Credentials, Tunnel};
-use crate::upstream::UpstreamProxy;
+use crate::tunnel::Tunnel;
 
 /// Everything that can stop the agent from starting.
 #[derive(Debug, thiserror::Error)]
@@ -76,88 +77,63 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     /// Prepares the tunnel (it connects in the background) for a proxy listening on
-    /// `proxy_address`.
+    /// `proxy_address`: the server, the certificates and the transport all come from
+    /// `config`.
     pub async fn start(mut config: AgentConfig, proxy_address: SocketAddr) -> Result<Self, Error> {
         let embedded = if config.dev {
             dev::prepare(&mut config).await?
         } else {
             None
         };
-        let upstream = config
-            .upstream_proxy
-            .as_ref()
-            .map(|url| UpstreamProxy::parse(url.expose()))
-            .transpose()
-            .map_err(Error::Config)?;
-        let (locator, credentials): (Arc<dyn ServerLocator>, Credentials) =
-            match (&config.wake_endpoint, &config.query_endpoint) {
-                (Some(wake), Some(query)) => {
-                    let client = ControlPlaneClient::new(
-                        fluidity_aws::http_client().map_err(|e| Error::Config(e.to_string()))?,
-                        Arc::new(RequestSigner::new()),
-                    );
-                    let plane = Arc::new(ControlPlane::new(
-                        client.clone(),
-                        wake.clone(),
-                        query.clone(),
-                        config.kill_endpoint.clone(),
-                        config.server_port,
-                        config.startup_timeout,
-                    ));
-                    let credentials = if let Some(ca_url) = &config.ca_service_url {
-                        let ca = config.ca_cert_file.as_ref().ok_or_else(|| {
-                            Error::Config(
-                                "ca_service_url also needs ca_cert_file (the CA certificate)"
-                                    .into(),
-                            )
-                        })?;
-                        Credentials::Arn {
-                            certificates: Arc::new(AgentCertManager::new(
-                                AgentCertConfig {
-                                    cache_dir: config.cache_dir.clone(),
-                                    ..AgentCertConfig::default()
-                                },
-                                Arc::new(CaClient::new(client, ca_url.clone())),
-                            )),
-                            roots: root_store_file(ca)?,
-                        }
-                    } else {
-                        credentials(&config)?
-                    };
-                    (Arc::new(LambdaLocator::new(plane)), credentials)
-                }
-                (Some(_), None) | (None, Some(_)) => {
-                    return Err(Error::Config(
-                        "wake_endpoint and query_endpoint go together".into(),
-                    ));
-                }
-                (None, None) => {
-                    let address =
-                        config
-                            .server_address()
-                            .map_err(Error::Config)?
-                            .ok_or_else(|| {
-                                Error::Config(
-                            "no server: set server_ip (or server = host:port), wake_endpoint and \
-                             query_endpoint, or run with --dev"
-                                .into(),
-                        )
-                            })?;
-                    let locator = Arc::new(StaticLocator::new(ServerInfo {
-                        address,
-                        server_arn: config.server_arn.clone(),
-                        agent_ip: config.agent_ip,
-                    }));
-                    (locator, credentials(&config)?)
-                }
-            };
+        let route = match &config.upstream_proxy {
+            Some(url) => Route::HttpProxy(
+                HttpProxy::parse(url.expose())
+                    .map_err(|e| Error::Config(format!("upstream_proxy {e}")))?,
+            ),
+            None => Route::Direct,
+        };
+        let locator = locator(&config)?;
+        let identity = client_identity(&config)?;
+        let client = TlsClient::new(identity);
+        let mut agent = match config.transport {
+            TransportKind::Tls => {
+                let transport = TlsTransport::client(client, route);
+                Agent::with_transport(config, proxy_address, locator, transport)
+            }
+            TransportKind::WebSocket => {
+                let url = config.websocket_url.clone().ok_or_else(|| {
+                    Error::Config("transport: websocket needs websocket_url".into())
+                })?;
+                let extra_roots = config
+                    .websocket_ca_file
+                    .as_deref()
+                    .map(root_store_file)
+                    .transpose()?;
+                let websocket = WebSocketClient::new(&url, extra_roots.as_deref())?;
+                let transport = WebSocketTransport::client(client, route, websocket);
+                Agent::with_transport(config, proxy_address, locator, transport)
+            }
+        };
+        agent._embedded = embedded;
+        Ok(agent)
+    }
+
+    /// An agent over parts the caller supplies: its own [`Transport`] (which authenticates
+    /// the server, with whatever certificates and `CertIssuer` it was built with) and
+    /// [`ServerLocator`]. `config` still sets the proxy (`proxy_auth`, limits) and the
+    /// tunnel's timings.
+    pub fn with_transport<T: Transport>(
+        config: AgentConfig,
+        proxy_address: SocketAddr,
+        locator: Arc<dyn ServerLocator>,
+        transport: T,
+    ) -> Self {
         if !proxy_address.ip().is_loopback() && config.proxy_auth.is_none() {
             tracing::warn!(%proxy_address, "the proxy listens beyond loopback without proxy_auth: anyone who reaches it can use the tunnel");
         }
         let tunnel = Tunnel::start(
             locator.clone(),
-            credentials,
-            upstream,
+            transport,
             config.reconnect_wait,
             config.dead_server_timeout,
         );
@@ -166,12 +142,12 @@ impl Agent {
             config.proxy_auth.as_ref().map(|auth| auth.expose()),
             proxy_address,
         ));
-        Ok(Agent {
+        Agent {
             proxy,
             locator,
             config,
-            _embedded: embedded,
-        })
+            _embedded: None,
+        }
     }
 
     /// The configuration in force (after `--dev` defaults).
@@ -215,48 +191,81 @@ pub async fn run(
     agent.serve(listener, shutdown).await
 }
 
-fn credentials(config: &AgentConfig) -> Result<Credentials, Error> {
-    match (&config.cert_file, &config.key_file) {
-        (Some(cert), Some(key)) => {
-            let ca = config.ca_cert_file.as_ref().ok_or_else(|| {
-                Error::Config("static mode (cert_file, key_file) also needs ca_cert_file".into())
-            })?;
-            Ok(Credentials::Static {
-                identity: TlsIdentity::from_files(cert, key)?,
-                roots: root_store_file(ca)?,
-                server_name: config.server_name.clone(),
-            })
-        }
-        (Some(_), None) | (None, Some(_)) => {
-            Err(Error::Config("cert_file and key_file go together".into()))
-        }
-        (None, None) => {
-            let ca_dir = config.ca_dir.as_ref().ok_or_else(|| {
-                Error::Config(
-                    "no certificates: set cert_file/key_file/ca_cert_file (static mode), or server_arn \
-                     and ca_dir (ARN mode with a local CA), or run with --dev"
-                        .into(),
-                )
-            })?;
-            if config.server_arn.is_none() {
-                return Err(Error::Config("ARN mode (ca_dir) needs server_arn".into()));
-            }
-            let ca = Arc::new(LocalCa::open_or_create(ca_dir, SigningOptions::default())?);
-            let roots = match &config.ca_cert_file {
-                Some(file) => root_store_file(file)?,
-                None => root_store("local CA", ca.certificate_pem().as_bytes())?,
-            };
-            let certificates = Arc::new(AgentCertManager::new(
-                AgentCertConfig {
-                    cache_dir: config.cache_dir.clone(),
-                    ..AgentCertConfig::default()
-                },
-                ca,
+/// Where the server is: the control plane (Wake, Query) or a fixed address.
+fn locator(config: &AgentConfig) -> Result<Arc<dyn ServerLocator>, Error> {
+    match (&config.wake_endpoint, &config.query_endpoint) {
+        (Some(wake), Some(query)) => {
+            let plane = Arc::new(ControlPlane::new(
+                control_plane_client()?,
+                wake.clone(),
+                query.clone(),
+                config.kill_endpoint.clone(),
+                config.server_port,
+                config.startup_timeout,
             ));
-            Ok(Credentials::Arn {
-                certificates,
-                roots,
-            })
+            Ok(Arc::new(LambdaLocator::new(plane)))
+        }
+        (Some(_), None) | (None, Some(_)) => Err(Error::Config(
+            "wake_endpoint and query_endpoint go together".into(),
+        )),
+        (None, None) => {
+            let address = config
+                .server_address()
+                .map_err(Error::Config)?
+                .ok_or_else(|| {
+                    Error::Config(
+                        "no server: set server_ip (or server = host:port), wake_endpoint and \
+                         query_endpoint, or run with --dev"
+                            .into(),
+                    )
+                })?;
+            Ok(Arc::new(StaticLocator::new(ServerInfo {
+                address,
+                server_arn: config.server_arn.clone(),
+                agent_ip: config.agent_ip,
+            })))
+        }
+    }
+}
+
+fn control_plane_client() -> Result<ControlPlaneClient, Error> {
+    Ok(ControlPlaneClient::new(
+        fluidity_aws::http_client().map_err(|e| Error::Config(e.to_string()))?,
+        Arc::new(RequestSigner::new()),
+    ))
+}
+
+/// Who the agent is: the shared credential model, with the CA service reached through the
+/// signed control-plane client.
+fn client_identity(config: &AgentConfig) -> Result<ClientIdentity, Error> {
+    let source = CredentialSource::resolve(&config.certificates)?;
+    tracing::info!(certificates = %source.describe(), "certificate source");
+    let cache = AgentCertConfig {
+        cache_dir: config.certificates.cache_dir.clone(),
+        ..AgentCertConfig::default()
+    };
+    let arn = |issuer: Arc<dyn CertIssuer>, roots| {
+        if config.server_arn.is_none() && config.wake_endpoint.is_none() {
+            return Err(Error::Config(
+                "ARN mode needs the server's task ARN: server_arn, or the control plane \
+                 (wake_endpoint, query_endpoint)"
+                    .into(),
+            ));
+        }
+        Ok(ClientIdentity::Arn {
+            certificates: Arc::new(AgentCertManager::new(cache.clone(), issuer)),
+            roots,
+        })
+    };
+    match source {
+        CredentialSource::Static { identity, roots } => Ok(ClientIdentity::Static {
+            identity,
+            roots,
+            server_name: config.server_name.clone(),
+        }),
+        CredentialSource::LocalCa { ca, roots } => arn(ca, roots),
+        CredentialSource::CaService { url, roots } => {
+            arn(Arc::new(CaClient::new(control_plane_client()?, url)), roots)
         }
     }
 }

@@ -16,7 +16,7 @@ use fluidity_aws::ControlPlaneClient;
 use fluidity_core::control::{
     KillRequest, KillResponse, QueryRequest, QueryResponse, WakeRequest, WakeResponse, status,
 };
-use fluidity_core::locate::{ServerInfo, ServerLocator};
+use fluidity_core::{ServerInfo, ServerLocator};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;

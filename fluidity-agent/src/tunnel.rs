@@ -1,24 +1,14 @@
-//! The agent's one tunnel: established in the background, re-established with jittered
-//! exponential backoff whenever it drops; requests wait for it up to `reconnect_wait`.
+//! The agent's one tunnel: established in the background through any [`Transport`],
+//! re-established with jittered exponential backoff whenever it drops; requests wait for it up
+//! to `reconnect_wait`.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fluidity_core::backoff::Backoff;
-use fluidity_core::codec::CodecKind;
-use fluidity_core::driver::Connection;
-use fluidity_core::envelope::IamAuthRequest;
-use fluidity_core::locate::{ServerInfo, ServerLocator};
-use fluidity_core::pki::TlsIdentity;
-use fluidity_core::pki::agent_certs::AgentCertManager;
-use fluidity_core::session::{Role, Session, SessionConfig};
-use fluidity_core::tls::{DEFAULT_CONNECT_TIMEOUT, TlsConnector};
-use rustls::RootCertStore;
-use tokio::net::TcpStream;
+use fluidity_core::{
+    Backoff, CloseReason, Connection, ServerInfo, ServerLocator, Session, SessionConfig, Transport,
+};
 use tokio::sync::watch;
-
-use crate::upstream::UpstreamProxy;
 
 /// First and longest pause between reconnection attempts.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -33,32 +23,59 @@ const STABLE_TUNNEL: Duration = Duration::from_secs(30);
 /// How long a new tunnel may take to deliver the server's first frame.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How the agent proves who it is and checks the server.
-#[derive(Debug)]
-pub enum Credentials {
-    /// Fixed certificate; standard name verification of the server.
-    Static {
-        /// Our chain and key.
-        identity: TlsIdentity,
-        /// The CA.
-        roots: Arc<RootCertStore>,
-        /// Name to verify (default: the dialled IP).
-        server_name: Option<String>,
+/// Why an attempt to bring the tunnel up failed, or why it went down.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DialError {
+    /// The locator found no server (the control plane failed, the server did not start).
+    #[error("locating the server: {0}")]
+    Locate(Arc<fluidity_core::Error>),
+    /// The transport could not reach or authenticate the server.
+    #[error(transparent)]
+    Connect(Arc<fluidity_core::Error>),
+    /// TLS completed on our side, then the server closed before its first frame: over
+    /// TLS 1.3 that is how a server rejects a client certificate.
+    #[error(
+        "the server closed the tunnel before its first frame (did it reject our certificate? \
+         its log says why): {0}"
+    )]
+    Rejected(CloseReason),
+    /// The server sent nothing after the handshake.
+    #[error("the server sent nothing within {0:?} of the handshake")]
+    Silent(Duration),
+    /// A tunnel that was up closed.
+    #[error("tunnel lost after {after:?}: {reason}")]
+    Lost {
+        /// How long it had been up.
+        after: Duration,
+        /// Why it closed.
+        reason: CloseReason,
     },
-    /// Certificates bound to the server's task ARN, from a `CertIssuer`.
-    Arn {
-        /// The certificate cache.
-        certificates: Arc<AgentCertManager>,
-        /// The CA.
-        roots: Arc<RootCertStore>,
+}
+
+/// Why a request got no tunnel.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TunnelError {
+    /// The tunnel is down and did not come back in time.
+    #[error(
+        "the tunnel to the server is down and did not come back within {waited:?}{}",
+        last.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+    )]
+    Down {
+        /// How long the request waited.
+        waited: Duration,
+        /// The last failure, if any.
+        last: Option<DialError>,
     },
+    /// The tunnel task is gone (the agent is stopping).
+    #[error("the tunnel task stopped")]
+    Stopped,
 }
 
 /// The tunnel's state as requests see it.
 #[derive(Debug, Clone)]
 enum State {
     /// Not connected (yet, or again); the last failure if any.
-    Down(Option<String>),
+    Down(Option<DialError>),
     /// Connected.
     Up(Connection),
 }
@@ -78,19 +95,17 @@ impl Drop for Tunnel {
 }
 
 impl Tunnel {
-    /// Starts maintaining a tunnel to the server `locator` finds.
-    pub fn start(
+    /// Starts maintaining a tunnel through `transport` to the server `locator` finds.
+    pub fn start<T: Transport>(
         locator: Arc<dyn ServerLocator>,
-        credentials: Credentials,
-        upstream: Option<UpstreamProxy>,
+        transport: T,
         reconnect_wait: Duration,
         dead_server_timeout: Duration,
     ) -> Self {
         let (sender, state) = watch::channel(State::Down(None));
         let dialer = Dialer {
             locator,
-            credentials,
-            upstream,
+            transport,
             session: SessionConfig {
                 idle_timeout: dead_server_timeout,
                 heartbeat_interval: dead_server_timeout / 3,
@@ -106,24 +121,27 @@ impl Tunnel {
     }
 
     /// The current tunnel, waiting up to `reconnect_wait` for one.
-    pub async fn connection(&self) -> Result<Connection, String> {
+    pub async fn connection(&self) -> Result<Connection, TunnelError> {
         let mut state = self.state.clone();
         let wait = state.wait_for(|s| matches!(s, State::Up(c) if c.closed_reason().is_none()));
         match tokio::time::timeout(self.reconnect_wait, wait).await {
             Ok(Ok(state)) => match &*state {
                 State::Up(connection) => Ok(connection.clone()),
-                State::Down(_) => Err("tunnel unavailable".into()),
+                State::Down(last) => Err(TunnelError::Down {
+                    waited: self.reconnect_wait,
+                    last: last.clone(),
+                }),
             },
-            Ok(Err(_)) => Err("the tunnel task stopped".into()),
+            Ok(Err(_)) => Err(TunnelError::Stopped),
             Err(_) => {
                 let last = match &*self.state.borrow() {
-                    State::Down(Some(reason)) => format!(": {reason}"),
-                    _ => String::new(),
+                    State::Down(last) => last.clone(),
+                    State::Up(_) => None,
                 };
-                Err(format!(
-                    "the tunnel to the server is down and did not come back within {:?}{last}",
-                    self.reconnect_wait
-                ))
+                Err(TunnelError::Down {
+                    waited: self.reconnect_wait,
+                    last,
+                })
             }
         }
     }
@@ -134,14 +152,13 @@ impl Tunnel {
     }
 }
 
-struct Dialer {
+struct Dialer<T> {
     locator: Arc<dyn ServerLocator>,
-    credentials: Credentials,
-    upstream: Option<UpstreamProxy>,
+    transport: T,
     session: SessionConfig,
 }
 
-async fn maintain(dialer: Dialer, state: watch::Sender<State>) {
+async fn maintain<T: Transport>(dialer: Dialer<T>, state: watch::Sender<State>) {
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut first = true;
     loop {
@@ -154,21 +171,22 @@ async fn maintain(dialer: Dialer, state: watch::Sender<State>) {
                 let up_since = Instant::now();
                 let _ = state.send(State::Up(connection.clone()));
                 let reason = connection.closed().await;
-                let _ = state.send(State::Down(Some(format!("tunnel lost: {reason}"))));
+                let lost = DialError::Lost {
+                    after: up_since.elapsed(),
+                    reason,
+                };
+                let _ = state.send(State::Down(Some(lost.clone())));
                 if up_since.elapsed() >= STABLE_TUNNEL {
-                    tracing::warn!(%reason, "tunnel lost; reconnecting");
+                    tracing::warn!(reason = %lost, "tunnel lost; reconnecting");
                     backoff.reset();
                     None
                 } else {
-                    Some(format!(
-                        "tunnel lost after {:?}: {reason}",
-                        up_since.elapsed()
-                    ))
+                    Some(lost)
                 }
             }
-            Err(reason) => {
-                let _ = state.send(State::Down(Some(reason.clone())));
-                Some(reason)
+            Err(error) => {
+                let _ = state.send(State::Down(Some(error.clone())));
+                Some(error)
             }
         };
         if let Some(reason) = failure {
@@ -182,117 +200,30 @@ async fn maintain(dialer: Dialer, state: watch::Sender<State>) {
     }
 }
 
-impl Dialer {
-    async fn connect(&self, first: bool) -> Result<(Connection, ServerInfo), String> {
+impl<T: Transport> Dialer<T> {
+    async fn connect(&self, first: bool) -> Result<(Connection, ServerInfo), DialError> {
         let info = if first {
             self.locator.locate().await
         } else {
             self.locator.relocate().await
         }
-        .map_err(|e| format!("locating the server: {e}"))?;
-        let connector = match &self.credentials {
-            Credentials::Static {
-                identity,
-                roots,
-                server_name,
-            } => TlsConnector::static_identity(identity, roots.clone(), server_name.as_deref()),
-            Credentials::Arn {
-                certificates,
-                roots,
-            } => {
-                let arn = info
-                    .server_arn
-                    .as_deref()
-                    .ok_or("the locator gave no server ARN")?;
-                let agent_ip = match info.agent_ip {
-                    Some(ip) => ip,
-                    None => route_source(info.address).await?,
-                };
-                let identity = certificates
-                    .identity_for(arn, agent_ip)
-                    .await
-                    .map_err(|e| format!("getting the agent certificate: {e}"))?;
-                TlsConnector::arn(&identity, roots.clone(), arn)
-            }
-        }
-        .map_err(|e| e.to_string())?;
-        let tcp = match &self.upstream {
-            None => tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, TcpStream::connect(info.address))
-                .await
-                .map_err(|_| format!("connecting to {} timed out", info.address))?
-                .map_err(|e| format!("connecting to {}: {e}", info.address))?,
-            Some(proxy) => proxy.connect(info.address, DEFAULT_CONNECT_TIMEOUT).await?,
-        };
-        fluidity_core::transport::tune_tunnel_socket(&tcp);
-        let established = connector
-            .handshake(tcp, info.address)
+        .map_err(|e| DialError::Locate(Arc::new(e)))?;
+        let established = self
+            .transport
+            .connect(&info)
             .await
-            .map_err(|e| e.to_string())?;
-        let mut session = Session::new(
-            Role::Client,
-            established.codec,
-            self.session.clone(),
-            Instant::now(),
-        );
-        if established.codec == CodecKind::Json {
-            // A server without ALPN is the Go server: it requires this envelope first.
-            session.send_iam_auth(iam_auth_request());
-        } else {
-            session.send_hello();
-        }
+            .map_err(|e| DialError::Connect(Arc::new(e)))?;
+        let session = Session::client(established.codec, self.session.clone(), Instant::now());
         let connection = Connection::spawn(established.stream, session);
         // Over TLS 1.3 our handshake completes before the server has checked our certificate:
         // only its first frame says it accepted us.
         match tokio::time::timeout(FIRST_FRAME_TIMEOUT, connection.ready()).await {
             Ok(Ok(())) => Ok((connection, info)),
-            Ok(Err(reason)) => Err(format!(
-                "the server closed the tunnel before its first frame (did it reject our \
-                 certificate? its log says why): {reason}"
-            )),
+            Ok(Err(reason)) => Err(DialError::Rejected(reason)),
             Err(_) => {
                 connection.close("no first frame from the server");
-                Err(format!(
-                    "the server sent nothing within {FIRST_FRAME_TIMEOUT:?} of the handshake"
-                ))
+                Err(DialError::Silent(FIRST_FRAME_TIMEOUT))
             }
         }
-    }
-}
-
-/// The local address the route to `server` uses: what the server will see as our IP when no
-/// NAT is in between. (A UDP "connect" sends nothing; it only consults the routing table.)
-async fn route_source(server: SocketAddr) -> Result<IpAddr, String> {
-    let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().map_err(|_| "bad bind address")?
-    } else {
-        "[::]:0".parse().map_err(|_| "bad bind address")?
-    };
-    let socket = tokio::net::UdpSocket::bind(bind)
-        .await
-        .map_err(|e| format!("finding the agent's IP: {e}"))?;
-    socket
-        .connect(server)
-        .await
-        .map_err(|e| format!("finding the agent's IP (route to {server}): {e}"))?;
-    socket
-        .local_addr()
-        .map(|a| a.ip())
-        .map_err(|e| format!("finding the agent's IP: {e}"))
-}
-
-/// The Go server's mandatory first envelope. Its server checks only that `id`,
-/// `access_key_id` and `signature` are non-empty (reference §2.6); mutual TLS is the real
-/// authentication, so placeholders are sent.
-fn iam_auth_request() -> IamAuthRequest {
-    IamAuthRequest {
-        id: format!("{:032x}", rand::random::<u128>()),
-        timestamp: time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
-        service: "tunnel".into(),
-        region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
-        access_key_id: "fluidity-agent".into(),
-        signature: "mutual-tls".into(),
-        signed_headers: String::new(),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fluidity_core::control::{SignRequest, SignResponse, unwrap_proxy_response};
-use fluidity_core::issue::{CertIssuer, IssuedCertificate};
+use fluidity_core::{CertIssuer, IssuedCertificate};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

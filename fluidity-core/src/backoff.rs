@@ -12,7 +12,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use fluidity_core::backoff::Backoff;
+/// use fluidity_core::Backoff;
 ///
 /// let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
 /// let first = backoff.next_delay();

@@ -6,7 +6,7 @@
 //! keys Fluidity does not need). Errors name the key and where its value came from.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -23,6 +23,9 @@ pub trait ConfigKeys {
     const KEYS: &'static [&'static str];
     /// `(alias, canonical key)` pairs: other names accepted for a key.
     const ALIASES: &'static [(&'static str, &'static str)];
+    /// Keys of flattened parts (e.g. [`CertificateSettings::KEYS`]); their aliases go in
+    /// [`ConfigKeys::ALIASES`] like any other.
+    const BASE: &'static [&'static str] = &[];
 }
 
 /// A loaded config and what the loader noticed.
@@ -55,6 +58,7 @@ pub fn load<T: DeserializeOwned + ConfigKeys>(
     let canonical = |key: &str| -> Option<&'static str> {
         T::KEYS
             .iter()
+            .chain(T::BASE)
             .find(|k| **k == key)
             .copied()
             .or_else(|| T::ALIASES.iter().find(|(a, _)| *a == key).map(|(_, k)| *k))
@@ -99,6 +103,7 @@ pub fn load<T: DeserializeOwned + ConfigKeys>(
 
     let env_names = T::KEYS
         .iter()
+        .chain(T::BASE)
         .map(|k| (*k, *k))
         .chain(T::ALIASES.iter().map(|(alias, key)| (*alias, *key)));
     for (name, key) in env_names {
@@ -211,8 +216,49 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
-/// Serde helper for optional fields: absent, `null` and `""` (what Go configs write for "not
-/// set") are `None`; anything else is parsed with `FromStr` (numbers too, via their text).
+/// The certificate keys both binaries read, the same in `agent.yaml` and `server.yaml`
+/// (flattened into each binary's configuration). `crate::pki::CredentialSource` turns them
+/// into one validated model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
+pub struct CertificateSettings {
+    /// Static mode: this side's certificate chain (PEM).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub cert_file: Option<PathBuf>,
+    /// Static mode: this side's private key (PEM: PKCS#1, PKCS#8 or SEC1).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub key_file: Option<PathBuf>,
+    /// The CA certificate the peer's certificate must chain to (PEM). With `ca_dir` it
+    /// defaults to that CA's certificate.
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub ca_cert_file: Option<PathBuf>,
+    /// The same as PEM text (for containers: `FLUIDITY_CA_CERT`).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub ca_cert: Option<String>,
+    /// ARN mode, self-hosted: a local CA in this directory (created if missing).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub ca_dir: Option<PathBuf>,
+    /// ARN mode on AWS: the CA service URL (alias `ca_lambda_url`).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub ca_service_url: Option<String>,
+    /// Where this side's certificate and key are cached (alias `cert_cache_dir`).
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CertificateSettings {
+    /// Its keys, for [`ConfigKeys::BASE`].
+    pub const KEYS: &'static [&'static str] = &[
+        "cert_file",
+        "key_file",
+        "ca_cert_file",
+        "ca_cert",
+        "ca_dir",
+        "ca_service_url",
+        "cache_dir",
+    ];
+}
+
 /// A configuration value that must never be printed (a password, credentials in a URL): its
 /// `Debug` says `[redacted]`, so a logged or debug-printed config leaks nothing.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -256,6 +302,8 @@ impl From<String> for Secret {
     }
 }
 
+/// Serde helper for optional fields: absent, `null` and `""` (what Go configs write for "not
+/// set") are `None`; anything else is parsed with `FromStr` (numbers too, via their text).
 pub mod optional {
     use std::fmt::Display;
     use std::str::FromStr;

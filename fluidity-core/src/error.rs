@@ -2,25 +2,17 @@
 
 use std::time::Duration;
 
+use crate::codec::FrameError;
 use crate::envelope::StreamId;
+use crate::session::{CloseReason, StreamError};
 
 /// Everything that can go wrong in `fluidity-core`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
-    /// A frame announced or reached more bytes than the decoder accepts; the connection is
-    /// corrupt or hostile and is closed.
-    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
-    FrameTooLarge {
-        /// Bytes announced (binary) or seen so far without a frame end (JSON).
-        size: usize,
-        /// The configured maximum frame size.
-        limit: usize,
-    },
-
-    /// The byte stream is not a sequence of envelopes (bad JSON, missing `type`, truncated
-    /// binary header); the connection is closed.
-    #[error("malformed frame: {0}")]
-    MalformedFrame(String),
+    /// The byte stream is not a sequence of envelopes; the connection is closed.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
 
     /// An envelope could not be encoded (e.g. a payload field outside the wire format's range).
     #[error("cannot encode {kind}: {reason}")]
@@ -31,30 +23,18 @@ pub enum Error {
         reason: String,
     },
 
-    /// The peer closed the connection or the session was shut down.
+    /// The tunnel is closed.
     #[error("tunnel closed: {0}")]
-    ConnectionClosed(String),
+    Closed(CloseReason),
 
-    /// The peer stopped answering heartbeats.
-    #[error("peer silent for {0:?}: heartbeat timeout")]
-    HeartbeatTimeout(Duration),
-
-    /// The peer refused to open the stream (target unreachable, egress denied, ...).
-    #[error("stream {id} refused: {reason}")]
-    Refused {
-        /// The stream.
-        id: StreamId,
-        /// The peer's reason, verbatim.
-        reason: String,
-    },
-
-    /// The stream was reset by the peer or by a protocol violation; other streams are unaffected.
-    #[error("stream {id} reset: {reason}")]
-    StreamReset {
+    /// A stream ended (refused, reset, the tunnel closed under it); other streams are
+    /// unaffected unless the tunnel closed.
+    #[error("stream {id}: {error}")]
+    Stream {
         /// The stream.
         id: StreamId,
         /// Why.
-        reason: String,
+        error: StreamError,
     },
 
     /// The stream id is not (or no longer) known to this session.
@@ -73,17 +53,6 @@ pub enum Error {
     /// The session already runs its maximum number of concurrent streams.
     #[error("too many concurrent streams (limit {0})")]
     TooManyStreams(usize),
-
-    /// A legacy (Go) HTTP body had to be held whole and grew past the allowed size.
-    #[error(
-        "body of stream {id} exceeds {limit} bytes, the most a Go peer can be sent in one envelope"
-    )]
-    BodyTooLarge {
-        /// The stream.
-        id: StreamId,
-        /// The configured limit.
-        limit: usize,
-    },
 
     /// A transport, certificate or locator operation failed.
     #[error("{context}: {source}")]
@@ -164,13 +133,18 @@ impl Error {
 
     /// Whether this error means the whole tunnel is gone (as opposed to one stream).
     pub fn is_connection_level(&self) -> bool {
-        matches!(
-            self,
-            Error::FrameTooLarge { .. }
-                | Error::MalformedFrame(_)
-                | Error::ConnectionClosed(_)
-                | Error::HeartbeatTimeout(_)
-        )
+        matches!(self, Error::Frame(_) | Error::Closed(_))
+    }
+
+    /// The peer's reason, if the peer refused to open the stream.
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            Error::Stream {
+                error: StreamError::Refused(reason),
+                ..
+            } => Some(reason),
+            _ => None,
+        }
     }
 }
 
@@ -180,11 +154,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<Error> for std::io::Error {
     fn from(err: Error) -> Self {
         let kind = match &err {
-            Error::Refused { .. } => std::io::ErrorKind::ConnectionRefused,
-            Error::StreamReset { .. } => std::io::ErrorKind::ConnectionReset,
-            Error::ConnectionClosed(_) | Error::HeartbeatTimeout(_) => {
-                std::io::ErrorKind::ConnectionAborted
+            Error::Stream {
+                error: StreamError::Refused(_),
+                ..
+            } => std::io::ErrorKind::ConnectionRefused,
+            Error::Stream {
+                error: StreamError::TunnelClosed(_),
+                ..
             }
+            | Error::Closed(_) => std::io::ErrorKind::ConnectionAborted,
+            Error::Stream { .. } => std::io::ErrorKind::ConnectionReset,
             Error::Timeout(..) => std::io::ErrorKind::TimedOut,
             #[cfg(feature = "tls")]
             Error::CertificateRejected(_) | Error::Tls { .. } => std::io::ErrorKind::InvalidData,

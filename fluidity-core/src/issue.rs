@@ -22,7 +22,7 @@ pub struct IssuedCertificate {
 /// Signs certificate signing requests.
 ///
 /// ```
-/// use fluidity_core::issue::{CertIssuer, FnIssuer, IssuedCertificate};
+/// use fluidity_core::{CertIssuer, FnIssuer, IssuedCertificate};
 /// # async fn demo() -> fluidity_core::Result<()> {
 /// let issuer = FnIssuer::new(|csr: &str| Ok(IssuedCertificate {
 ///     certificate_pem: format!("signed {} bytes", csr.len()),

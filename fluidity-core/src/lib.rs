@@ -1,22 +1,33 @@
 //! Fluidity's transport-agnostic core.
 //!
 //! Fluidity carries many HTTP exchanges, CONNECT streams and WebSocket sessions over one
-//! mutual-TLS connection. This crate holds everything both ends share:
+//! mutual-TLS connection. This crate holds everything both ends share. The types most
+//! programs need are at the root:
 //!
-//! - [`envelope`]: the message model (the Go upstream's twelve types plus extensions);
-//! - [`codec`]: the Go-compatible JSON lines codec and the binary codec;
-//! - [`session`]: the multiplexer as a sans-IO state machine (bytes and time in, bytes and
-//!   events out) with per-stream flow control and heartbeats;
-//! - [`driver`]: a thin tokio driver that runs a session over any `AsyncRead + AsyncWrite`
-//!   and hands out streams that are themselves `AsyncRead + AsyncWrite`;
-//! - [`transport`], [`issue`], [`locate`]: the seams binaries and embedders plug into;
-//! - [`pki`] and [`tls`]: ARN-bound certificates, the CA's signing rules, the verifiers, and
-//!   the mutual-TLS 1.3 transport.
+//! - the protocol: [`Session`] (the multiplexer as a sans-IO state machine: bytes, events and
+//!   time in; bytes and events out), its [`SessionConfig`], [`Event`]s, stream [`Target`]s and
+//!   [`Reply`]s, and why things end ([`CloseReason`], [`StreamError`], [`Violation`]);
+//! - with the `runtime` feature, its tokio driver: a [`Connection`] hands out streams as
+//!   [`StreamHandle`]s (`AsyncRead + AsyncWrite`) and [`IncomingStream`]s;
+//! - the seams binaries and embedders plug into: [`Transport`] (how tunnels are made:
+//!   [`TlsTransport`], [`WebSocketTransport`], [`TcpTransport`], [`MemoryTransport`]),
+//!   [`CertIssuer`] (who signs certificates) and [`ServerLocator`] (where the server is);
+//! - [`Backoff`], the one retry schedule; [`Error`] and [`Result`].
+//!
+//! Modules hold the rest: [`envelope`] and [`codec`] (the wire format), [`pki`] and [`tls`]
+//! (ARN-bound certificates and mutual TLS 1.3), [`transport`] (transports and socket set-up),
+//! [`config`], [`control`] (the control plane's wire types), [`relay`], [`http_server`],
+//! [`headers`], [`shutdown`] and [`cli`].
+//!
+//! Features: `runtime` (tokio driver, transports, seams), `tls` (PKI and mutual TLS),
+//! `config` (YAML configuration), all three by default; `cli` (logging set-up for binaries).
+//! Without default features the crate is the protocol alone: no tokio, rustls or YAML.
 //!
 //! See `docs/protocol.md` for the wire format and `docs/security.md` for the trust model.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub mod backoff;
+mod backoff;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod codec;
@@ -24,21 +35,21 @@ pub mod codec;
 pub mod config;
 pub mod control;
 #[cfg(feature = "runtime")]
-pub mod driver;
+mod driver;
 pub mod envelope;
-pub mod error;
+mod error;
 pub mod headers;
 #[cfg(feature = "runtime")]
 pub mod http_server;
 #[cfg(feature = "runtime")]
-pub mod issue;
+mod issue;
 #[cfg(feature = "runtime")]
-pub mod locate;
+mod locate;
 #[cfg(feature = "tls")]
 pub mod pki;
 #[cfg(feature = "runtime")]
 pub mod relay;
-pub mod session;
+mod session;
 #[cfg(feature = "runtime")]
 pub mod shutdown;
 #[cfg(feature = "tls")]
@@ -46,4 +57,20 @@ pub mod tls;
 #[cfg(feature = "runtime")]
 pub mod transport;
 
+pub use backoff::Backoff;
+pub use codec::CodecKind;
+#[cfg(feature = "runtime")]
+pub use driver::{Connection, Driver, IncomingStream, StreamHandle, StreamReader, StreamWriter};
 pub use error::{Error, Result};
+#[cfg(feature = "runtime")]
+pub use issue::{CertIssuer, FnIssuer, IssuedCertificate};
+#[cfg(feature = "runtime")]
+pub use locate::{ServerInfo, ServerLocator, StaticLocator};
+pub use session::{
+    Chunk, CloseReason, Event, Recv, Reply, Role, Session, SessionConfig, StreamError, Target,
+    Violation,
+};
+#[cfg(feature = "tls")]
+pub use tls::TlsTransport;
+#[cfg(feature = "runtime")]
+pub use transport::{Established, MemoryTransport, TcpTransport, Transport};

@@ -23,7 +23,7 @@ pub struct ServerInfo {
 /// Finds (and if needed wakes) the server, and lets it go when the agent stops.
 ///
 /// ```
-/// use fluidity_core::locate::{ServerLocator, StaticLocator, ServerInfo};
+/// use fluidity_core::{ServerLocator, StaticLocator, ServerInfo};
 /// # async fn demo() -> fluidity_core::Result<()> {
 /// let locator = StaticLocator::new(ServerInfo {
 ///     address: "127.0.0.1:8443".parse().unwrap(),

@@ -45,7 +45,7 @@ fn csr_with(cn: Option<&str>, sans: Vec<SanType>, usages: Vec<KeyUsagePurpose>) 
     params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
-fn refusal(result: fluidity_core::Result<fluidity_core::issue::IssuedCertificate>) -> CsrRefusal {
+fn refusal(result: fluidity_core::Result<fluidity_core::IssuedCertificate>) -> CsrRefusal {
     match result {
         Err(Error::CsrRefused(refusal)) => refusal,
         other => panic!("expected a refusal, got {other:?}"),
@@ -589,7 +589,7 @@ fn loads_openssl_cas_in_every_key_encoding_and_signs_openssl_csrs() {
 
 #[tokio::test]
 async fn the_local_ca_lives_in_a_directory() {
-    use fluidity_core::issue::CertIssuer;
+    use fluidity_core::CertIssuer;
     use fluidity_core::pki::local_ca::LocalCa;
 
     let dir = tempfile::tempdir().unwrap();

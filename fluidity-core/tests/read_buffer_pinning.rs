@@ -10,10 +10,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
+use fluidity_core::Connection;
 use fluidity_core::codec::{BinaryCodec, Codec, CodecKind, Decoded};
-use fluidity_core::driver::Connection;
 use fluidity_core::envelope::*;
-use fluidity_core::session::{Role, Session, SessionConfig, Target};
+use fluidity_core::{Session, SessionConfig, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -40,13 +40,8 @@ fn skipped_frame(len: usize, out: &mut BytesMut) {
 async fn attack(streams: usize, rounds: usize, chunk: usize) -> u64 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let mut client_session = Session::new(
-        Role::Client,
-        CodecKind::Binary,
-        SessionConfig::default(),
-        Instant::now(),
-    );
-    client_session.send_hello();
+    let client_session =
+        Session::client(CodecKind::Binary, SessionConfig::default(), Instant::now());
     let client = Connection::spawn(TcpStream::connect(address).await.unwrap(), client_session);
     let (server, _) = listener.accept().await.unwrap();
     let (mut from_client, mut to_client) = server.into_split();

@@ -427,10 +427,10 @@ async fn a_client_dribbling_its_hello_is_dropped_at_the_hello_deadline() {
 /// through the `Transport` seam, one stream echoing through it.
 #[tokio::test]
 async fn a_session_runs_over_the_tls_transport() {
-    use fluidity_core::driver::Connection;
-    use fluidity_core::session::{Reply, Role, Session, SessionConfig, Target};
+    use fluidity_core::Connection;
     use fluidity_core::tls::TlsTransport;
     use fluidity_core::transport::Transport;
+    use fluidity_core::{Reply, Session, SessionConfig, Target};
     use std::time::Instant;
 
     let ca = new_ca();
@@ -443,12 +443,8 @@ async fn a_session_runs_over_the_tls_transport() {
         async move {
             let (raw, peer) = server.accept().await.unwrap();
             let established = server.handshake(raw, peer).await.unwrap();
-            let session = Session::new(
-                Role::Server,
-                established.codec,
-                SessionConfig::default(),
-                Instant::now(),
-            );
+            let session =
+                Session::server(established.codec, SessionConfig::default(), Instant::now());
             let connection = Connection::spawn(established.stream, session);
             while let Some(incoming) = connection.accept().await {
                 assert!(matches!(incoming.target(), Target::Connect { .. }));
@@ -464,17 +460,23 @@ async fn a_session_runs_over_the_tls_transport() {
         }
     });
 
-    let agent = identity(&ca, ARN, &[ip("127.0.0.1")]);
-    let client = TlsTransport::client(TlsConnector::arn(&agent, roots(&ca), ARN).unwrap());
-    let established = client.connect(address).await.unwrap();
-    assert_eq!(established.codec, CodecKind::Binary);
-    let mut session = Session::new(
-        Role::Client,
-        established.codec,
-        SessionConfig::default(),
-        Instant::now(),
+    let agent = fluidity_core::tls::ClientIdentity::Static {
+        identity: identity(&ca, ARN, &[ip("127.0.0.1")]),
+        roots: roots(&ca),
+        server_name: None,
+    };
+    let client = TlsTransport::client(
+        fluidity_core::tls::TlsClient::new(agent),
+        fluidity_core::transport::Route::Direct,
     );
-    session.send_hello();
+    let server_info = fluidity_core::ServerInfo {
+        address,
+        server_arn: Some(ARN.into()),
+        agent_ip: Some(ip("127.0.0.1")),
+    };
+    let established = client.connect(&server_info).await.unwrap();
+    assert_eq!(established.codec, CodecKind::Binary);
+    let session = Session::client(established.codec, SessionConfig::default(), Instant::now());
     let connection = Connection::spawn(established.stream, session);
     let mut stream = connection.connect("echo.invalid:7").await.unwrap();
     stream.write_all(b"hello").await.unwrap();

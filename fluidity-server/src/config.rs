@@ -4,7 +4,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fluidity_core::config::{ConfigKeys, duration, optional};
+use fluidity_core::config::{CertificateSettings, ConfigKeys, duration, optional};
+use fluidity_core::transport::TransportKind;
 use serde::Deserialize;
 
 /// Everything `fluidity-server` can be told. Every field has a working default.
@@ -13,6 +14,14 @@ use serde::Deserialize;
 pub struct ServerConfig {
     /// Address to listen on for tunnels (default `0.0.0.0`).
     pub listen_addr: IpAddr,
+    /// `tls` (default): mutual TLS on the tunnel port; `websocket`: also accept tunnels inside
+    /// WebSocket upgrades on `websocket_path`, on the same port (behind a load balancer).
+    pub transport: TransportKind,
+    /// Where WebSocket upgrades are accepted (default `/fluidity`).
+    pub websocket_path: String,
+    /// CIDRs of proxies (load balancers) whose `X-Forwarded-For` names the agent; from
+    /// anyone else the TCP peer is the agent (default none).
+    pub trusted_proxies: Vec<String>,
     /// Port to listen on for tunnels (default 8443).
     pub listen_port: u16,
     /// Most concurrent tunnels; the next one is refused and logged (default 100). A slot is
@@ -27,31 +36,11 @@ pub struct ServerConfig {
     /// `error`, `warn`, `info` (default), `debug` or `trace`.
     pub log_level: String,
 
-    /// Static mode: the server's certificate chain (PEM).
-    #[serde(deserialize_with = "optional::deserialize")]
-    pub cert_file: Option<PathBuf>,
-    /// Static mode: the server's private key (PEM: PKCS#1, PKCS#8 or SEC1).
-    #[serde(deserialize_with = "optional::deserialize")]
-    pub key_file: Option<PathBuf>,
-    /// The CA certificate agents' certificates must chain to (PEM). In ARN mode with a local
-    /// CA (`ca_dir`) it defaults to that CA's certificate.
-    #[serde(deserialize_with = "optional::deserialize")]
-    pub ca_cert_file: Option<PathBuf>,
-    /// The same as PEM text (for containers: `FLUIDITY_CA_CERT`, e.g. injected by ECS from
-    /// the CA secret's `ca_cert` field).
-    #[serde(deserialize_with = "optional::deserialize")]
-    pub ca_cert: Option<String>,
-    /// Where the server's lazy certificate and key are cached (alias `cert_cache_dir`).
-    #[serde(deserialize_with = "optional::deserialize")]
-    pub cache_dir: Option<PathBuf>,
-    /// ARN mode, self-hosted: sign the server's certificates with the local CA in this
-    /// directory (created if missing).
-    #[serde(deserialize_with = "optional::deserialize")]
-    pub ca_dir: Option<PathBuf>,
-    /// ARN mode on AWS: the CA service URL (alias `ca_lambda_url`); served by the control-plane
-    /// issue, not yet by this binary.
-    #[serde(deserialize_with = "optional::deserialize")]
-    pub ca_service_url: Option<String>,
+    /// Where certificates come from (`cert_file`/`key_file`/`ca_cert_file`, `ca_dir`, or
+    /// `ca_service_url` with `ca_cert_file` or `ca_cert`), and where the server's own is cached
+    /// (`cache_dir`).
+    #[serde(flatten)]
+    pub certificates: CertificateSettings,
     /// The server's task ARN (else `SERVER_ARN` or ECS metadata).
     #[serde(deserialize_with = "optional::deserialize")]
     pub server_arn: Option<String>,
@@ -103,18 +92,15 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen_addr: IpAddr::from([0, 0, 0, 0]),
+            transport: TransportKind::Tls,
+            websocket_path: "/fluidity".into(),
+            trusted_proxies: Vec::new(),
             listen_port: 8443,
             max_connections: 100,
             max_handshakes: 256,
             max_handshakes_per_ip: 8,
             log_level: "info".into(),
-            cert_file: None,
-            key_file: None,
-            ca_cert_file: None,
-            ca_cert: None,
-            cache_dir: None,
-            ca_dir: None,
-            ca_service_url: None,
+            certificates: CertificateSettings::default(),
             server_arn: None,
             server_ip: None,
             target_ca_file: None,
@@ -135,18 +121,14 @@ impl Default for ServerConfig {
 impl ConfigKeys for ServerConfig {
     const KEYS: &'static [&'static str] = &[
         "listen_addr",
+        "transport",
+        "websocket_path",
+        "trusted_proxies",
         "listen_port",
         "max_connections",
         "max_handshakes",
         "max_handshakes_per_ip",
         "log_level",
-        "cert_file",
-        "key_file",
-        "ca_cert_file",
-        "ca_cert",
-        "cache_dir",
-        "ca_dir",
-        "ca_service_url",
         "server_arn",
         "server_ip",
         "target_ca_file",
@@ -161,6 +143,7 @@ impl ConfigKeys for ServerConfig {
         "connect_timeout",
         "dev",
     ];
+    const BASE: &'static [&'static str] = CertificateSettings::KEYS;
     const ALIASES: &'static [(&'static str, &'static str)] = &[
         ("cert_cache_dir", "cache_dir"),
         ("ca_lambda_url", "ca_service_url"),

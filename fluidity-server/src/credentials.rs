@@ -1,4 +1,4 @@
-//! How the server authenticates: static certificates, or ARN-bound lazy certificates signed
+//! How the server authenticates: static certificates, or ARN-bound certificates signed
 //! by a local CA (self-hosting, development) or, on AWS, by the CA service.
 
 use std::net::IpAddr;
@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fluidity_aws::{CaClient, ControlPlaneClient, RequestSigner};
-use fluidity_core::issue::CertIssuer;
-use fluidity_core::pki::local_ca::LocalCa;
+use fluidity_core::CertIssuer;
+use fluidity_core::pki::CredentialSource;
 use fluidity_core::pki::server_certs::{ServerCertConfig, ServerCertManager};
-use fluidity_core::pki::{SigningOptions, TlsIdentity, root_store, root_store_file};
 use fluidity_core::tls::TlsAcceptor;
 
 use crate::{Error, ServerConfig};
@@ -29,10 +28,23 @@ pub fn default_dev_dir() -> PathBuf {
 
 /// Applies `--dev` defaults to what the config leaves open.
 pub fn apply_dev_defaults(config: &mut ServerConfig) {
-    let dir = config.cache_dir.get_or_insert_with(default_dev_dir).clone();
-    config.ca_dir.get_or_insert_with(|| dir.join("ca"));
+    let certificates = &mut config.certificates;
+    let dir = certificates
+        .cache_dir
+        .get_or_insert_with(default_dev_dir)
+        .clone();
+    certificates.ca_dir.get_or_insert_with(|| dir.join("ca"));
     config.server_arn.get_or_insert_with(|| DEV_ARN.to_owned());
     config.server_ip.get_or_insert(IpAddr::from([127, 0, 0, 1]));
+}
+
+/// The CA service as a `CertIssuer`: SigV4-signed calls (with the task role on ECS).
+pub fn ca_service(url: &str) -> Result<Arc<dyn CertIssuer>, Error> {
+    let client = ControlPlaneClient::new(
+        fluidity_aws::http_client().map_err(|e| Error::Config(e.to_string()))?,
+        Arc::new(RequestSigner::new()),
+    );
+    Ok(Arc::new(CaClient::new(client, url.to_owned())))
 }
 
 /// Builds the TLS acceptor the config describes, and in ARN mode the manager of the server's
@@ -40,21 +52,18 @@ pub fn apply_dev_defaults(config: &mut ServerConfig) {
 pub fn acceptor(
     config: &ServerConfig,
 ) -> Result<(TlsAcceptor, Option<Arc<ServerCertManager>>), Error> {
-    let (acceptor, manager) = match (&config.cert_file, &config.key_file) {
-        (Some(cert), Some(key)) => {
-            let ca = config.ca_cert_file.as_ref().ok_or_else(|| {
-                Error::Config("static mode (cert_file, key_file) also needs ca_cert_file".into())
-            })?;
-            let identity = TlsIdentity::from_files(cert, key)?;
-            let roots = root_store_file(ca)?;
-            tracing::info!(cert = %cert.display(), "static certificate mode");
+    let source = CredentialSource::resolve(&config.certificates)?;
+    tracing::info!(certificates = %source.describe(), "certificate source");
+    let (acceptor, manager) = match source {
+        CredentialSource::Static { identity, roots } => {
             (TlsAcceptor::static_identity(&identity, roots)?, None)
         }
-        (Some(_), None) | (None, Some(_)) => {
-            return Err(Error::Config("cert_file and key_file go together".into()));
+        CredentialSource::LocalCa { ca, roots } => {
+            let (acceptor, manager) = arn_acceptor(config, ca, roots)?;
+            (acceptor, Some(manager))
         }
-        (None, None) => {
-            let (acceptor, manager) = arn_acceptor(config)?;
+        CredentialSource::CaService { url, roots } => {
+            let (acceptor, manager) = arn_acceptor(config, ca_service(&url)?, roots)?;
             (acceptor, Some(manager))
         }
     };
@@ -64,73 +73,34 @@ pub fn acceptor(
     Ok((acceptor, manager))
 }
 
-fn arn_acceptor(config: &ServerConfig) -> Result<(TlsAcceptor, Arc<ServerCertManager>), Error> {
+fn arn_acceptor(
+    config: &ServerConfig,
+    issuer: Arc<dyn CertIssuer>,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<(TlsAcceptor, Arc<ServerCertManager>), Error> {
     let server_arn = config.server_arn.clone().ok_or_else(|| {
         Error::Config(
-            "no certificates configured: set cert_file/key_file/ca_cert_file (static mode), \
-                 or server_arn and ca_dir (ARN mode), or run with --dev"
+            "ARN mode needs the server's task ARN: server_arn (or SERVER_ARN, or the ECS task \
+             metadata)"
                 .into(),
         )
     })?;
     // With the CA service, the CA decides the IP (the public IP it saw the request come from);
     // a local CA signs what it is asked, so it must be told.
     let server_ip = config.server_ip;
-    if server_ip.is_none() && config.ca_service_url.is_none() {
+    if server_ip.is_none() && config.certificates.ca_service_url.is_none() {
         return Err(Error::Config(
             "ARN mode with a local CA needs server_ip (or SERVER_PUBLIC_IP): the IP agents dial"
                 .into(),
         ));
     }
-    // The CA that agents' certificates must chain to: configured, or the local CA's own.
-    let configured_roots = match (&config.ca_cert_file, &config.ca_cert) {
-        (Some(file), _) => Some(root_store_file(file)?),
-        (None, Some(pem)) => Some(root_store("ca_cert", pem.as_bytes())?),
-        (None, None) => None,
-    };
-    let (issuer, roots, source): (Arc<dyn CertIssuer>, _, String) =
-        match (&config.ca_dir, &config.ca_service_url) {
-            (Some(_), Some(_)) => {
-                return Err(Error::Config(
-                    "set either ca_dir (a local CA) or ca_service_url (the CA service), not both"
-                        .into(),
-                ));
-            }
-            (Some(ca_dir), None) => {
-                let ca = Arc::new(LocalCa::open_or_create(ca_dir, SigningOptions::default())?);
-                let roots = match configured_roots {
-                    Some(roots) => roots,
-                    None => root_store("local CA", ca.certificate_pem().as_bytes())?,
-                };
-                (ca, roots, format!("local CA in {}", ca_dir.display()))
-            }
-            (None, Some(url)) => {
-                let roots = configured_roots.ok_or_else(|| {
-                    Error::Config(
-                        "ca_service_url also needs the CA certificate: ca_cert_file, or ca_cert \
-                         (PEM text, e.g. FLUIDITY_CA_CERT from the CA secret's ca_cert field)"
-                            .into(),
-                    )
-                })?;
-                let client = ControlPlaneClient::new(
-                    fluidity_aws::http_client().map_err(|e| Error::Config(e.to_string()))?,
-                    Arc::new(RequestSigner::new()),
-                );
-                (
-                    Arc::new(CaClient::new(client, url.clone())),
-                    roots,
-                    format!("CA service {url}"),
-                )
-            }
-            (None, None) => {
-                return Err(Error::Config(
-                "ARN mode needs ca_dir (a local CA directory) or ca_service_url (the CA service)"
-                    .into(),
-            ));
-            }
-        };
     let mut cert_config = ServerCertConfig::new(server_arn.clone(), server_ip);
-    cert_config.cache_dir = config.cache_dir.as_ref().map(|d| d.join("server"));
+    cert_config.cache_dir = config
+        .certificates
+        .cache_dir
+        .as_ref()
+        .map(|d| d.join("server"));
     let manager = Arc::new(ServerCertManager::new(cert_config, issuer)?);
-    tracing::info!(%server_arn, server_ip = ?server_ip, ca = %source, "ARN certificate mode");
+    tracing::info!(%server_arn, server_ip = ?server_ip, "ARN certificate mode");
     Ok((TlsAcceptor::arn(manager.clone(), roots)?, manager))
 }

@@ -81,7 +81,12 @@ fn main() -> anyhow::Result<()> {
             .context("finding the server's identity")?;
         let server = fluidity_server::Server::new(config).context("starting the server")?;
         if server.config().dev {
-            let dir = server.config().cache_dir.clone().unwrap_or_default();
+            let dir = server
+                .config()
+                .certificates
+                .cache_dir
+                .clone()
+                .unwrap_or_default();
             println!(
                 "fluidity-server (development) listening on {}; CA and certificates in {}\n\
                  connect an agent with: fluidity-agent --dev --server {}",

@@ -476,7 +476,7 @@ async fn the_server_refuses_tunnels_beyond_max_connections() {
     assert!(ok, "{err}");
     // A second agent is turned away cleanly: its handshake fails, the first keeps working.
     let mut second = support::agent_config(tunnel.dir.path(), tunnel.server);
-    second.cache_dir = Some(tunnel.dir.path().join("second-agent"));
+    second.certificates.cache_dir = Some(tunnel.dir.path().join("second-agent"));
     second.reconnect_wait = Duration::from_millis(1500);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second_proxy = listener.local_addr().unwrap();

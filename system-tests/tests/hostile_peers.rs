@@ -313,7 +313,7 @@ async fn an_agent_rejected_after_the_handshake_backs_off() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     agent.abort();
     let made = connections.load(Ordering::SeqCst);
-    let allowed = fluidity_core::backoff::Backoff::max_attempts_within(
+    let allowed = fluidity_core::Backoff::max_attempts_within(
         fluidity_agent::tunnel::BACKOFF_MIN,
         fluidity_agent::tunnel::BACKOFF_MAX,
         Duration::from_secs(10),

@@ -6,6 +6,7 @@
 
 mod support;
 
+use fluidity_core::config::CertificateSettings;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -167,10 +168,13 @@ async fn setup(
         wake_endpoint: Some(format!("http://{plane_address}/wake")),
         query_endpoint: Some(format!("http://{plane_address}/query")),
         kill_endpoint: Some(format!("http://{plane_address}/kill")),
-        ca_service_url: Some(format!("http://{plane_address}/ca")),
-        ca_cert_file: Some(dir.path().join("ca").join("ca.crt")),
+        certificates: CertificateSettings {
+            ca_service_url: Some(format!("http://{plane_address}/ca")),
+            ca_cert_file: Some(dir.path().join("ca").join("ca.crt")),
+            cache_dir: Some(dir.path().join("agent-cache")),
+            ..Default::default()
+        },
         server_port: server.port(),
-        cache_dir: Some(dir.path().join("agent-cache")),
         startup_timeout,
         reconnect_wait,
         ..Default::default()

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use fluidity_core::envelope::Headers;
 use fluidity_core::headers::{is_hop_by_hop, strip_hop_by_hop};
-use fluidity_core::session::{Reply, Target};
+use fluidity_core::{Reply, Target};
 use futures::TryStreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -68,10 +68,10 @@ pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Respons
             (status_code, headers)
         }
         Ok(other) => return bad_gateway(&host, &format!("unexpected reply {other:?}")),
-        Err(fluidity_core::Error::Refused { reason, .. }) => {
+        Err(e) if e.refusal().is_some() => {
             upload.abort();
             proxy.breakers.record(&host, false);
-            return bad_gateway(&host, &reason);
+            return bad_gateway(&host, e.refusal().unwrap_or_default());
         }
         Err(e) => {
             upload.abort();

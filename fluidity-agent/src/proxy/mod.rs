@@ -19,8 +19,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
-use fluidity_core::driver::{Connection, StreamHandle};
 use fluidity_core::http_server::HttpLimits;
+use fluidity_core::{Connection, StreamHandle};
 
 use crate::breaker::Breakers;
 use crate::tunnel::Tunnel;
@@ -133,7 +133,7 @@ pub(crate) async fn tunnel_for(proxy: &Proxy, host: &str) -> Result<Connection, 
         .tunnel
         .connection()
         .await
-        .map_err(|reason| bad_gateway(host, &reason))
+        .map_err(|reason| bad_gateway(host, &reason.to_string()))
 }
 
 /// A CONNECT stream to `authority` (on `host`), once the server reached it; the outcome
@@ -149,9 +149,9 @@ pub(crate) async fn open_connect(
             proxy.breakers.record(host, true);
             Ok(stream)
         }
-        Err(fluidity_core::Error::Refused { reason, .. }) => {
+        Err(e) if e.refusal().is_some() => {
             proxy.breakers.record(host, false);
-            Err(bad_gateway(host, &reason))
+            Err(bad_gateway(host, e.refusal().unwrap_or_default()))
         }
         Err(e) => Err(bad_gateway(host, &e.to_string())),
     }

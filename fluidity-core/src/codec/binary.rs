@@ -15,7 +15,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::json::{decode_payload, encode_payload};
-use super::{Codec, CodecKind, DataFrame, Decoded};
+use super::{Codec, CodecKind, DataFrame, Decoded, FrameError};
 use crate::envelope::*;
 use crate::error::{Error, Result};
 
@@ -159,18 +159,18 @@ impl Codec for BinaryCodec {
         Ok(())
     }
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Decoded>> {
+    fn decode(&mut self, src: &mut BytesMut) -> std::result::Result<Option<Decoded>, FrameError> {
         if src.len() < 4 {
             return Ok(None);
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
         if len == 0 {
-            return Err(Error::MalformedFrame(
+            return Err(FrameError::Malformed(
                 "binary frame of length 0 has no type".into(),
             ));
         }
         if len + 4 > self.max_frame_size {
-            return Err(Error::FrameTooLarge {
+            return Err(FrameError::TooLarge {
                 size: len + 4,
                 limit: self.max_frame_size,
             });
@@ -191,11 +191,11 @@ impl Codec for BinaryCodec {
     }
 }
 
-fn short(code: u8) -> Error {
-    Error::MalformedFrame(format!("binary frame type {code:#04x} is too short"))
+fn short(code: u8) -> FrameError {
+    FrameError::Malformed(format!("binary frame type {code:#04x} is too short"))
 }
 
-fn decode_body(code: u8, mut body: Bytes) -> Result<Decoded> {
+fn decode_body(code: u8, mut body: Bytes) -> std::result::Result<Decoded, FrameError> {
     let envelope = match code {
         CONNECT_DATA | BODY_CHUNK => {
             if body.len() < 8 {
@@ -292,7 +292,7 @@ mod tests {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0x05][..]);
         assert!(matches!(
             codec.decode(&mut buf),
-            Err(Error::FrameTooLarge { limit: 1024, .. })
+            Err(FrameError::TooLarge { limit: 1024, .. })
         ));
         assert!(buf.capacity() < 1024);
     }
@@ -303,7 +303,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"\x00\x00\x00\x03\x05ab"[..]);
         assert!(matches!(
             codec.decode(&mut buf),
-            Err(Error::MalformedFrame(_))
+            Err(FrameError::Malformed(_))
         ));
         let mut buf = BytesMut::from(&b"\x00\x00\x00\x02\x7fz"[..]);
         assert!(matches!(
@@ -314,7 +314,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"\x00\x00\x00\x00"[..]);
         assert!(matches!(
             codec.decode(&mut buf),
-            Err(Error::MalformedFrame(_))
+            Err(FrameError::Malformed(_))
         ));
     }
 }

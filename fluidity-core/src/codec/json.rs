@@ -16,9 +16,9 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
 use serde_json::value::RawValue;
 
-use super::{Codec, CodecKind, DataFrame, Decoded};
+use super::{Codec, CodecKind, DataFrame, Decoded, FrameError};
 use crate::envelope::*;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Go-compatible JSON lines.
 #[derive(Debug)]
@@ -64,13 +64,13 @@ impl Codec for JsonCodec {
         Ok(())
     }
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Decoded>> {
+    fn decode(&mut self, src: &mut BytesMut) -> std::result::Result<Option<Decoded>, FrameError> {
         loop {
             let start = self.scanned.min(src.len());
             let Some(pos) = memchr::memchr(b'\n', &src[start..]).map(|p| p + start) else {
                 self.scanned = src.len();
                 if src.len() > self.max_frame_size {
-                    return Err(Error::FrameTooLarge {
+                    return Err(FrameError::TooLarge {
                         size: src.len(),
                         limit: self.max_frame_size,
                     });
@@ -79,7 +79,7 @@ impl Codec for JsonCodec {
             };
             self.scanned = 0;
             if pos + 1 > self.max_frame_size {
-                return Err(Error::FrameTooLarge {
+                return Err(FrameError::TooLarge {
                     size: pos + 1,
                     limit: self.max_frame_size,
                 });
@@ -384,12 +384,12 @@ struct RawEnvelope<'a> {
     payload: Option<&'a RawValue>,
 }
 
-fn decode_line(line: &[u8]) -> Result<Decoded> {
+fn decode_line(line: &[u8]) -> std::result::Result<Decoded, FrameError> {
     if let Some(fast) = decode_data_fast(line) {
         return Ok(fast);
     }
     let raw: RawEnvelope<'_> = serde_json::from_slice(line)
-        .map_err(|e| Error::MalformedFrame(format!("not a JSON envelope: {e}")))?;
+        .map_err(|e| FrameError::Malformed(format!("not a JSON envelope: {e}")))?;
     let payload = raw.payload.map(RawValue::get).unwrap_or("{}");
     Ok(decode_payload(&raw.kind, payload.as_bytes()))
 }
@@ -771,7 +771,7 @@ mod tests {
             let mut codec = JsonCodec::new(1 << 20);
             let mut buf = BytesMut::from(bad.as_bytes());
             assert!(
-                matches!(codec.decode(&mut buf), Err(Error::MalformedFrame(_))),
+                matches!(codec.decode(&mut buf), Err(FrameError::Malformed(_))),
                 "{bad:?}"
             );
         }
@@ -786,7 +786,7 @@ mod tests {
         buf.extend_from_slice(&[b'a'; 600]);
         assert!(matches!(
             codec.decode(&mut buf),
-            Err(Error::FrameTooLarge { limit: 1000, .. })
+            Err(FrameError::TooLarge { limit: 1000, .. })
         ));
     }
 

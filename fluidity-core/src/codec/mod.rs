@@ -40,6 +40,22 @@ pub enum Decoded {
     },
 }
 
+/// Why a byte stream is not a sequence of frames (the connection is then closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// A frame announced or reached more bytes than the decoder accepts.
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Bytes announced (binary) or seen so far without a frame end (JSON).
+        size: usize,
+        /// The decoder's limit.
+        limit: usize,
+    },
+    /// Not an envelope: bad JSON, a missing `type`, a truncated binary header.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
 /// A wire format: envelopes in, bytes out; bytes in, envelopes out.
 ///
 /// Decoding is incremental: `decode` consumes one whole frame from the front of `src` and
@@ -54,7 +70,7 @@ pub trait Codec: Send + std::fmt::Debug {
     fn encode_data(&mut self, frame: DataFrame<'_>, dst: &mut BytesMut) -> Result<()>;
 
     /// Removes one frame from the front of `src` and decodes it.
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Decoded>>;
+    fn decode(&mut self, src: &mut BytesMut) -> std::result::Result<Option<Decoded>, FrameError>;
 
     /// Which wire format this is.
     fn kind(&self) -> CodecKind;

@@ -20,6 +20,7 @@
 
 pub mod agent_certs;
 pub mod ca;
+mod credentials;
 pub mod csr;
 mod files;
 pub mod info;
@@ -42,6 +43,7 @@ use crate::issue::IssuedCertificate;
 pub use ca::{
     CertificateAuthority, CsrPolicy, CsrRefusal, IpSans, SigningOptions, SigningRequestContext,
 };
+pub use credentials::CredentialSource;
 pub use info::CertificateInfo;
 pub use keys::KeyAlgorithm;
 pub use verify::Rejection;

@@ -97,7 +97,7 @@ pub(crate) struct Stream {
     pub(crate) legacy: bool,
     pub(crate) phase: Phase,
     /// Why the stream died, reported to the application on its next call.
-    pub(crate) error: Option<String>,
+    pub(crate) error: Option<super::StreamError>,
 
     pub(crate) recv: VecDeque<Chunk>,
     pub(crate) recv_buffered: usize,

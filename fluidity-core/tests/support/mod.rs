@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use fluidity_core::issue::{CertIssuer, IssuedCertificate};
 use fluidity_core::pki::local_ca::LocalCa;
 use fluidity_core::pki::{KeyAlgorithm, SigningOptions, TlsIdentity, csr, keys};
+use fluidity_core::{CertIssuer, IssuedCertificate};
 
 /// A realistic (81-character) ECS task ARN.
 pub const ARN: &str =

@@ -1,9 +1,9 @@
 //! CONNECT: dial the target (egress policy, deadline), answer the agent, relay bytes both ways
 //! with flow control and half-close.
 
-use fluidity_core::driver::IncomingStream;
+use fluidity_core::IncomingStream;
+use fluidity_core::Reply;
 use fluidity_core::relay::{Progress, relay_tcp};
-use fluidity_core::session::Reply;
 
 use super::{Exits, dial};
 use crate::egress::split_authority;

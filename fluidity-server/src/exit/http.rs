@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fluidity_core::driver::{IncomingStream, StreamReader, StreamWriter};
+use fluidity_core::Reply;
 use fluidity_core::envelope::Headers;
 use fluidity_core::headers::{connection_listed, is_hop_by_hop, strip_hop_by_hop};
-use fluidity_core::session::Reply;
+use fluidity_core::{IncomingStream, StreamReader, StreamWriter};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -7,8 +7,8 @@ pub mod websocket;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluidity_core::driver::IncomingStream;
-use fluidity_core::session::Target;
+use fluidity_core::IncomingStream;
+use fluidity_core::Target;
 
 use crate::egress::EgressPolicy;
 use crate::metrics::Metrics;

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use fluidity_core::driver::{IncomingStream, StreamHandle};
+use fluidity_core::Reply;
 use fluidity_core::envelope::{Headers, ws_type};
 use fluidity_core::headers::is_hop_by_hop;
-use fluidity_core::session::Reply;
+use fluidity_core::{IncomingStream, StreamHandle};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;

@@ -2,6 +2,7 @@
 //! Fluidity server and agent joined by real mutual TLS in ARN mode.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use fluidity_core::config::CertificateSettings;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -244,8 +245,11 @@ pub fn server_config(dir: &std::path::Path) -> fluidity_server::ServerConfig {
         listen_addr: [127, 0, 0, 1].into(),
         server_arn: Some(ARN.to_owned()),
         server_ip: Some([127, 0, 0, 1].into()),
-        ca_dir: Some(dir.join("ca")),
-        cache_dir: Some(dir.join("server-cache")),
+        certificates: CertificateSettings {
+            ca_dir: Some(dir.join("ca")),
+            cache_dir: Some(dir.join("server-cache")),
+            ..Default::default()
+        },
         // The origins are on loopback.
         egress_deny: Some(vec![]),
         shutdown_grace: std::time::Duration::from_millis(500),
@@ -258,8 +262,11 @@ pub fn agent_config(dir: &std::path::Path, server: SocketAddr) -> fluidity_agent
         server: Some(server.to_string()),
         server_arn: Some(ARN.to_owned()),
         agent_ip: Some([127, 0, 0, 1].into()),
-        ca_dir: Some(dir.join("ca")),
-        cache_dir: Some(dir.join("agent-cache")),
+        certificates: CertificateSettings {
+            ca_dir: Some(dir.join("ca")),
+            cache_dir: Some(dir.join("agent-cache")),
+            ..Default::default()
+        },
         reconnect_wait: std::time::Duration::from_secs(10),
         ..Default::default()
     }

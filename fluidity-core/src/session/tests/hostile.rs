@@ -103,7 +103,7 @@ fn only_the_first_iam_request_is_answered_and_a_huge_id_closes() {
         "a megabyte id is never echoed"
     );
     let reason = server.closed_reason().unwrap();
-    assert!(reason.contains("iam_auth_request id"), "{reason}");
+    assert!(matches!(reason, CloseReason::Protocol(_)), "{reason}");
 }
 
 #[test]
@@ -256,7 +256,10 @@ fn whole_bodies_for_a_go_peer_share_a_connection_budget() {
     assert!(server.send(c, &body).unwrap() <= mib / 2);
     assert!(matches!(
         server.send(b, b"one byte too many"),
-        Err(Error::BodyTooLarge { .. })
+        Err(Error::Stream {
+            error: StreamError::BodyTooLarge { .. },
+            ..
+        })
     ));
     // B was reset for it, and gave its share back: C may now complete.
     assert_eq!(server.send(c, &body[..mib / 2]).unwrap(), mib / 2);

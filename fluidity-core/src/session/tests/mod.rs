@@ -3,6 +3,7 @@
 mod hostile;
 
 use super::*;
+use crate::codec::FrameError;
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -254,7 +255,10 @@ fn window_overrun_resets_only_that_stream() {
     );
     assert!(matches!(
         p.server.recv(a, 10),
-        Err(Error::StreamReset { .. })
+        Err(Error::Stream {
+            error: StreamError::Violation(Violation::WindowExceeded),
+            ..
+        })
     ));
     // B is untouched.
     p.client.send(b, b"still fine").unwrap();
@@ -354,7 +358,7 @@ fn an_oversized_frame_closes_the_connection_with_a_clear_error() {
         .unwrap();
         let err = p.server.receive(&mut buf, p.now).unwrap_err();
         assert!(
-            matches!(err, Error::FrameTooLarge { limit, .. } if limit == expected_limit),
+            matches!(err, Error::Frame(FrameError::TooLarge { limit, .. }) if limit == expected_limit),
             "{err}"
         );
         assert!(err.to_string().contains("exceeds the limit"));
@@ -362,7 +366,7 @@ fn an_oversized_frame_closes_the_connection_with_a_clear_error() {
         assert!(
             server_events
                 .iter()
-                .any(|e| matches!(e, Event::Closed { .. }))
+                .any(|e| matches!(e, Event::Closed(CloseReason::Corrupt(_))))
         );
         assert!(
             p.server
@@ -393,8 +397,11 @@ fn heartbeats_flow_and_a_silent_peer_times_out() {
     p.client.handle_timeout(p.now + Duration::from_secs(10));
     let _ = p.client.poll_transmit();
     p.client.handle_timeout(later);
-    let reason = p.client.closed_reason().unwrap().to_owned();
-    assert!(reason.contains("heartbeat timeout"), "{reason}");
+    let reason = p.client.closed_reason().unwrap();
+    assert!(
+        matches!(reason, CloseReason::HeartbeatTimeout(silent) if *silent >= Duration::from_secs(30)),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -578,7 +585,7 @@ fn refusal_and_reset_reach_the_client() {
     assert!(sends_reset(&client_events, a));
     assert!(matches!(
         p.client.send(a, b"x"),
-        Err(Error::StreamReset { .. })
+        Err(Error::Stream { error: StreamError::PeerReset(reason), .. }) if reason == "target went away"
     ));
 }
 
@@ -614,7 +621,10 @@ fn data_that_fully_arrived_stays_readable_after_the_tunnel_closes() {
         assert!(
             matches!(
                 p.client.recv(unfinished, usize::MAX),
-                Err(Error::StreamReset { .. })
+                Err(Error::Stream {
+                    error: StreamError::TunnelClosed(CloseReason::PeerClosed),
+                    ..
+                })
             ),
             "a stream without its end is cut short ({codec:?})"
         );

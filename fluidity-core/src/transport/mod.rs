@@ -6,7 +6,15 @@
 //!
 //! This module ships two simple transports: [`MemoryTransport`] (in-process, for tests and
 //! embedding) and [`TcpTransport`] (plain TCP, **no encryption**, for tests and trusted
-//! loopback only). Mutual TLS lives in its own transport built on these traits.
+//! loopback only). The real ones, mutual TLS over TCP ([`crate::TlsTransport`]) and inside a
+//! WebSocket ([`crate::tls::WebSocketTransport`]), live in [`crate::tls`]. A client's TCP
+//! connections leave along a [`Route`]: directly or through an HTTP proxy.
+
+mod cidr;
+mod route;
+
+pub use cidr::Cidr;
+pub use route::{HttpProxy, Route};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +26,21 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::codec::CodecKind;
 use crate::error::{Error, Result};
+use crate::locate::ServerInfo;
+
+/// Which built-in transport carries the tunnel (the `transport` setting of both binaries).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Mutual TLS 1.3 straight over TCP ([`crate::TlsTransport`]).
+    #[default]
+    Tls,
+    /// Mutual TLS 1.3 inside a WebSocket ([`crate::tls::WebSocketTransport`]): through
+    /// HTTP-only proxies and TLS-terminating load balancers. A server with this setting takes
+    /// direct TLS tunnels on the same port too.
+    #[serde(alias = "ws")]
+    WebSocket,
+}
 
 /// A connection that finished its handshake, with what the session needs to know.
 #[derive(Debug)]
@@ -26,8 +49,19 @@ pub struct Established<S> {
     pub stream: S,
     /// The wire format agreed on (by ALPN for TLS).
     pub codec: CodecKind,
-    /// The peer's address as the socket sees it.
+    /// The peer's address (behind a trusted proxy, the address the proxy reported).
     pub peer: SocketAddr,
+}
+
+impl<S> Established<S> {
+    /// The same connection with its stream wrapped by `wrap`.
+    pub fn map<T>(self, wrap: impl FnOnce(S) -> T) -> Established<T> {
+        Established {
+            stream: wrap(self.stream),
+            codec: self.codec,
+            peer: self.peer,
+        }
+    }
 }
 
 /// A way to reach and accept tunnel peers.
@@ -47,10 +81,11 @@ pub trait Transport: Send + Sync + 'static {
         peer: SocketAddr,
     ) -> impl Future<Output = Result<Established<Self::Stream>>> + Send;
 
-    /// Dials a server and completes the handshake.
+    /// Reaches `server` (dialling its address, or whatever carries the tunnel to it) and
+    /// completes the handshake, checking that the peer is that server.
     fn connect(
         &self,
-        address: SocketAddr,
+        server: &ServerInfo,
     ) -> impl Future<Output = Result<Established<Self::Stream>>> + Send;
 }
 
@@ -142,7 +177,8 @@ impl Transport for TcpTransport {
         })
     }
 
-    async fn connect(&self, address: SocketAddr) -> Result<Established<TcpStream>> {
+    async fn connect(&self, server: &ServerInfo) -> Result<Established<TcpStream>> {
+        let address = server.address;
         let stream = TcpStream::connect(address)
             .await
             .map_err(|e| Error::io(format!("connecting to {address}"), e))?;
@@ -189,7 +225,10 @@ impl Transport for MemoryTransport {
     async fn accept(&self) -> Result<(DuplexStream, SocketAddr)> {
         match self.receiver.lock().await.recv().await {
             Some(stream) => Ok((stream, MEMORY_PEER)),
-            None => Err(Error::ConnectionClosed("memory transport dropped".into())),
+            None => Err(Error::io(
+                "accepting",
+                std::io::Error::other("the memory transport was dropped"),
+            )),
         }
     }
 
@@ -205,12 +244,15 @@ impl Transport for MemoryTransport {
         })
     }
 
-    async fn connect(&self, address: SocketAddr) -> Result<Established<DuplexStream>> {
+    async fn connect(&self, server: &ServerInfo) -> Result<Established<DuplexStream>> {
+        let address = server.address;
         let (ours, theirs) = tokio::io::duplex(self.buffer);
-        self.sender
-            .send(theirs)
-            .await
-            .map_err(|_| Error::ConnectionClosed("no memory listener".into()))?;
+        self.sender.send(theirs).await.map_err(|_| {
+            Error::io(
+                format!("connecting to {address}"),
+                std::io::Error::other("no memory listener"),
+            )
+        })?;
         Ok(Established {
             stream: ours,
             codec: self.codec,

@@ -1,0 +1,445 @@
+//! What the peer sends: one handler per envelope type. A stream-level violation resets that
+//! stream only.
+
+use super::*;
+
+impl Session {
+    /// A violation on one stream: reset it (telling the peer) and carry on.
+    pub(super) fn violation(&mut self, id: StreamId, violation: Violation) {
+        tracing::debug!(%id, %violation, "stream protocol violation");
+        match self.streams.get(&id) {
+            Some(stream) if stream.phase != Phase::Dead => {
+                let error = StreamError::Violation(violation);
+                self.reset_with(id, error.clone());
+                self.events.push_back(Event::Reset { id, error });
+            }
+            Some(_) => {}
+            None => {
+                if self.extensions {
+                    self.emit(&Envelope::StreamReset(StreamReset {
+                        id,
+                        error: violation.to_string(),
+                    }));
+                }
+                // One reset per unknown id: further frames for it are dropped quietly.
+                self.remember_closed(id);
+            }
+        }
+    }
+
+    pub(super) fn on_envelope(&mut self, envelope: Envelope) {
+        match envelope {
+            Envelope::Hello(hello) => self.on_hello(hello),
+            Envelope::Ping(hb) => self.emit(&Envelope::Pong(hb)),
+            Envelope::Pong(_) => {}
+            Envelope::WindowUpdate(update) => self.on_window_update(update),
+            Envelope::IamAuthRequest(request) => {
+                if self.role != Role::Server || self.iam_answered {
+                    return;
+                }
+                if request.id.len() > MAX_IAM_ID {
+                    self.close(CloseReason::Protocol(format!(
+                        "iam_auth_request id of {} bytes (at most {MAX_IAM_ID})",
+                        request.id.len()
+                    )));
+                    return;
+                }
+                self.iam_answered = true;
+                self.emit(&Envelope::IamAuthResponse(IamAuthResponse {
+                    id: request.id.clone(),
+                    ok: true,
+                    error: None,
+                    session_token: None,
+                }));
+                self.events.push_back(Event::IamAuth(request));
+            }
+            Envelope::IamAuthResponse(response) => {
+                if self.role == Role::Client {
+                    self.events.push_back(Event::IamAuthResponse(response));
+                }
+            }
+            Envelope::HttpRequest(r) if self.extensions => {
+                // Whole-body requests are the Go dialect; a binary peer streams bodies, and
+                // accepting a whole one would let it bypass the windows.
+                self.violation(r.id, Violation::WholeBodyOnBinary);
+            }
+            Envelope::HttpResponse(r) if self.extensions => {
+                self.violation(r.id, Violation::WholeBodyOnBinary);
+            }
+            Envelope::HttpRequest(r) => {
+                let target = Target::Http {
+                    method: r.method,
+                    url: r.url,
+                    headers: r.headers,
+                };
+                // A whole request: the reply must be whole too, whatever the peer announced.
+                if self.on_open(r.id, target, true) {
+                    self.push_whole_body(r.id, r.body);
+                }
+            }
+            Envelope::HttpRequestHead(r) => {
+                let legacy = !self.extensions;
+                self.on_open(
+                    r.id,
+                    Target::Http {
+                        method: r.method,
+                        url: r.url,
+                        headers: r.headers,
+                    },
+                    legacy,
+                );
+            }
+            Envelope::ConnectOpen(o) => {
+                let legacy = !self.extensions;
+                self.on_open(o.id, Target::Connect { address: o.address }, legacy);
+            }
+            Envelope::WsOpen(o) => {
+                let legacy = !self.extensions;
+                self.on_open(
+                    o.id,
+                    Target::WebSocket {
+                        url: o.url,
+                        headers: o.headers,
+                    },
+                    legacy,
+                );
+            }
+            Envelope::ConnectAck(ack) => {
+                self.on_ack(ack, Kind::Connect, Reply::Connect);
+            }
+            Envelope::WsAck(ack) => {
+                self.on_ack(ack, Kind::WebSocket, Reply::WebSocket);
+            }
+            Envelope::HttpResponseHead(h) => {
+                let ack = Ack {
+                    id: h.id,
+                    ok: true,
+                    error: None,
+                };
+                self.on_ack(
+                    ack,
+                    Kind::Http,
+                    Reply::Http {
+                        status_code: h.status_code,
+                        headers: h.headers,
+                    },
+                );
+            }
+            Envelope::HttpResponse(r) => {
+                let id = r.id;
+                let accepted = self.on_ack(
+                    Ack {
+                        id,
+                        ok: true,
+                        error: None,
+                    },
+                    Kind::Http,
+                    Reply::Http {
+                        status_code: r.status_code,
+                        headers: r.headers,
+                    },
+                );
+                if accepted {
+                    self.push_whole_body(id, r.body);
+                    if let Some(stream) = self.streams.get_mut(&id) {
+                        stream.send_closed = true;
+                    }
+                }
+            }
+            Envelope::ConnectData(d) => self.on_data(
+                d.id,
+                Kind::Connect,
+                Chunk {
+                    data: d.data,
+                    ws_type: 0,
+                },
+            ),
+            Envelope::BodyChunk(d) => self.on_data(
+                d.id,
+                Kind::Http,
+                Chunk {
+                    data: d.data,
+                    ws_type: 0,
+                },
+            ),
+            Envelope::WsMessage(m) => self.on_data(
+                m.id,
+                Kind::WebSocket,
+                Chunk {
+                    data: m.data,
+                    ws_type: m.message_type.max(1),
+                },
+            ),
+            Envelope::ConnectFin(c) => self.on_fin(c.id, Kind::Connect, false),
+            Envelope::BodyEnd(c) => match c.error {
+                Some(error) => self.on_reset(
+                    c.id,
+                    StreamError::PeerReset(format!("body aborted: {error}")),
+                ),
+                None => self.on_fin(c.id, Kind::Http, false),
+            },
+            Envelope::ConnectClose(c) => {
+                let opening = self.is_opening(c.id);
+                if opening {
+                    // Go servers report a failed dial with a close instead of a refusing ack.
+                    let reason = c
+                        .error
+                        .unwrap_or_else(|| "closed by peer before ack".into());
+                    self.on_refused(c.id, Kind::Connect, Reply::Connect, reason);
+                } else {
+                    self.on_fin(c.id, Kind::Connect, true);
+                }
+            }
+            Envelope::WsClose(c) => {
+                let opening = self.is_opening(c.id);
+                if opening {
+                    let reason = c
+                        .error
+                        .unwrap_or_else(|| format!("closed by peer before ack (code {})", c.code));
+                    self.on_refused(c.id, Kind::WebSocket, Reply::WebSocket, reason);
+                } else {
+                    // Deliver the close as a final message in RFC 6455 close-frame layout.
+                    if self
+                        .streams
+                        .get(&c.id)
+                        .is_some_and(|s| !s.recv_fin && s.phase != Phase::Dead)
+                    {
+                        let mut payload = BytesMut::new();
+                        if c.code != 0 {
+                            payload.extend_from_slice(&c.code.to_be_bytes());
+                            payload.extend_from_slice(c.error.unwrap_or_default().as_bytes());
+                        }
+                        self.push_chunk(
+                            c.id,
+                            Chunk {
+                                data: payload.freeze(),
+                                ws_type: ws_type::CLOSE,
+                            },
+                        );
+                    }
+                    self.on_fin(c.id, Kind::WebSocket, true);
+                }
+            }
+            Envelope::StreamReset(r) => {
+                let opening = self.is_opening(r.id);
+                if opening {
+                    let kind = self.streams.get(&r.id).map_or(Kind::Http, |s| s.kind);
+                    let reply = match kind {
+                        Kind::Http => Reply::Http {
+                            status_code: 0,
+                            headers: Headers::new(),
+                        },
+                        Kind::Connect => Reply::Connect,
+                        Kind::WebSocket => Reply::WebSocket,
+                    };
+                    self.on_ack(
+                        Ack {
+                            id: r.id,
+                            ok: false,
+                            error: Some(r.error),
+                        },
+                        kind,
+                        reply,
+                    );
+                } else {
+                    self.on_reset(r.id, StreamError::PeerReset(r.error));
+                }
+            }
+        }
+    }
+
+    pub(super) fn is_opening(&self, id: StreamId) -> bool {
+        self.streams
+            .get(&id)
+            .is_some_and(|s| s.phase == Phase::Opening)
+    }
+
+    /// The peer refused (or failed) a stream we are opening.
+    pub(super) fn on_refused(&mut self, id: StreamId, kind: Kind, reply: Reply, reason: String) {
+        let ack = Ack {
+            id,
+            ok: false,
+            error: Some(reason),
+        };
+        self.on_ack(ack, kind, reply);
+    }
+
+    pub(super) fn on_hello(&mut self, hello: Hello) {
+        if self.peer.is_some() {
+            return;
+        }
+        if self.extensions {
+            self.conn_send = SendWindow::new(Some(hello.connection_window));
+            // Streams opened before the hello have sent nothing yet: grant their first window.
+            for stream in self.streams.values_mut().filter(|s| !s.legacy) {
+                stream.send_window = SendWindow::new(Some(hello.initial_window));
+            }
+        }
+        self.peer = Some(hello.clone());
+        self.wake_blocked_writers();
+        self.send_hello();
+        self.events.push_back(Event::PeerHello(hello));
+    }
+
+    pub(super) fn on_window_update(&mut self, update: WindowUpdate) {
+        match update.id {
+            None => {
+                if !self.conn_send.grant(update.increment) {
+                    // A connection-window overflow is the peer's bug; cap it rather than close.
+                    self.conn_send = SendWindow::new(Some(i32::MAX as u32));
+                }
+                self.wake_blocked_writers();
+            }
+            Some(id) => {
+                let Some(stream) = self.streams.get_mut(&id) else {
+                    return;
+                };
+                if !stream.send_window.grant(update.increment) {
+                    self.violation(id, Violation::WindowOverflow);
+                    return;
+                }
+                if stream.send_blocked && self.conn_send.available() > 0 {
+                    stream.send_blocked = false;
+                    self.events.push_back(Event::Writable(id));
+                }
+            }
+        }
+    }
+
+    /// Returns whether the stream was created.
+    pub(super) fn on_open(&mut self, id: StreamId, target: Target, legacy: bool) -> bool {
+        if self.role != Role::Server {
+            self.violation(id, Violation::OnlyClientOpens);
+            return false;
+        }
+        if self.streams.contains_key(&id) {
+            self.violation(id, Violation::DuplicateOpen);
+            return false;
+        }
+        if self.streams.len() >= self.config.max_streams {
+            let reason = Error::TooManyStreams(self.config.max_streams).to_string();
+            self.send_refusal(id, target.kind(), legacy, &reason);
+            return false;
+        }
+        self.recently_closed.remove(&id);
+        let stream = self.new_stream(target.kind(), legacy, Phase::Incoming);
+        self.streams.insert(id, stream);
+        self.events.push_back(Event::Incoming { id, target });
+        true
+    }
+
+    /// Returns whether the stream was accepted.
+    pub(super) fn on_ack(&mut self, ack: Ack, kind: Kind, reply: Reply) -> bool {
+        let id = ack.id;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            self.unknown_stream(id);
+            return false;
+        };
+        if stream.phase == Phase::Dead {
+            return false;
+        }
+        if stream.phase != Phase::Opening || stream.kind != kind {
+            self.violation(id, Violation::UnexpectedAnswer);
+            return false;
+        }
+        if ack.ok {
+            stream.phase = Phase::Open;
+            self.events.push_back(Event::Accepted { id, reply });
+            true
+        } else {
+            let reason = ack.error.unwrap_or_else(|| "refused by peer".into());
+            self.kill(id, StreamError::Refused(reason.clone()));
+            self.events.push_back(Event::Refused { id, reason });
+            false
+        }
+    }
+
+    pub(super) fn unknown_stream(&mut self, id: StreamId) {
+        if !self.recently_closed.contains(&id) {
+            self.violation(id, Violation::UnknownStream);
+        }
+    }
+
+    pub(super) fn on_data(&mut self, id: StreamId, kind: Kind, chunk: Chunk) {
+        let n = chunk.data.len();
+        let Some(stream) = self.streams.get_mut(&id) else {
+            // Whatever arrives for a stream we do not hold still used connection credit.
+            if self.extensions && self.conn_recv.on_receive(n) {
+                self.return_connection_credit(n);
+            }
+            self.unknown_stream(id);
+            return;
+        };
+        let flow = !stream.legacy;
+        if flow && !self.conn_recv.on_receive(n) {
+            self.violation(id, Violation::ConnectionWindowExceeded);
+            return;
+        }
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let problem = if stream.phase == Phase::Dead {
+            None
+        } else if stream.kind != kind {
+            Some(Violation::WrongKind)
+        } else if stream.recv_fin {
+            Some(Violation::DataAfterEnd)
+        } else if stream.phase == Phase::Opening {
+            Some(Violation::DataBeforeAccept)
+        } else if flow && !stream.recv_window.on_receive(n) {
+            Some(Violation::WindowExceeded)
+        } else {
+            self.push_chunk(id, chunk);
+            return;
+        };
+        // Dropped bytes give their connection credit back.
+        if flow {
+            self.return_connection_credit(n);
+        }
+        if let Some(reason) = problem {
+            self.violation(id, reason);
+        }
+    }
+
+    /// The peer's last byte (`full`: and it will take no more, Go-style close).
+    pub(super) fn on_fin(&mut self, id: StreamId, kind: Kind, full: bool) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return self.unknown_stream(id);
+        };
+        if stream.phase == Phase::Dead || (full && stream.recv_fin && stream.send_closed) {
+            return;
+        }
+        if stream.kind != kind {
+            return self.violation(id, Violation::WrongKind);
+        }
+        if stream.recv_fin && !full {
+            return self.violation(id, Violation::EndTwice);
+        }
+        stream.recv_fin = true;
+        if full {
+            stream.send_closed = true;
+            if stream.send_blocked {
+                stream.send_blocked = false;
+                self.events.push_back(Event::Writable(id));
+            }
+        }
+        self.events.push_back(Event::Readable(id));
+    }
+
+    pub(super) fn on_reset(&mut self, id: StreamId, error: StreamError) {
+        match self.streams.get_mut(&id) {
+            // The peer already sent everything: what it sent stays readable, only our sending
+            // direction ends (like a TCP peer that closed after `shutdown(WR)`).
+            Some(stream) if stream.phase == Phase::Open && stream.recv_fin => {
+                stream.send_closed = true;
+                stream.send_blocked = false;
+                self.events.push_back(Event::Writable(id));
+            }
+            Some(stream) if stream.phase != Phase::Dead => {
+                self.kill(id, error.clone());
+                self.events.push_back(Event::Reset { id, error });
+            }
+            _ => {}
+        }
+    }
+}

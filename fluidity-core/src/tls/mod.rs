@@ -1,0 +1,54 @@
+//! Mutual TLS 1.3 for tunnel connections: the [`TlsAcceptor`] (server side), the
+//! [`TlsConnector`] (agent side) and [`TlsTransport`], which puts them behind the
+//! [`Transport`] seam over TCP.
+//!
+//! Both sides verify each other (see [`crate::pki::verify`]); ALPN `fluidity/2` selects the
+//! binary codec, no ALPN (a Go peer) the JSON codec. Every handshake has a deadline, and the
+//! server reads the ClientHello before anything else, so a TCP connection that never speaks
+//! TLS costs a timer, not a certificate signing.
+
+mod acceptor;
+mod client;
+mod connector;
+mod transport;
+mod websocket;
+mod ws_bytes;
+
+use std::time::Duration;
+
+pub use acceptor::TlsAcceptor;
+pub use client::{ClientIdentity, TlsClient};
+pub use connector::TlsConnector;
+pub use transport::TlsTransport;
+pub use websocket::{TunnelStream, WebSocketClient, WebSocketServer, WebSocketTransport};
+pub use ws_bytes::WsBytes;
+
+use crate::error::Error;
+use crate::pki::Rejection;
+
+/// Default deadline for a whole TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default deadline for a client's complete ClientHello, counted from the TCP accept: a
+/// connection that says nothing (or dribbles) loses its handshake slot quickly.
+pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default deadline for the TCP connect to the server.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Turns a failed handshake's I/O error into the most precise [`Error`].
+pub(crate) fn handshake_error(context: String, error: std::io::Error) -> Error {
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(tls) => match Rejection::from_tls_error(tls) {
+            Some(rejection) => Error::CertificateRejected(rejection),
+            None => Error::Tls {
+                context,
+                source: tls.clone(),
+            },
+        },
+        None => Error::io(context, error),
+    }
+}
