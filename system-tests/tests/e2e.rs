@@ -6,24 +6,24 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{FNV_START, Tunnel, checksum, curl, curl_status, http_origin, https_origin, pattern};
+use support::{
+    Carrier, FNV_START, Tunnel, checksum, curl, curl_status, http_origin, https_origin, pattern,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn curl_get_through_the_proxy() {
+async fn curl_get_through_the_proxy(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     let (ok, body, err) =
         curl(&["-x", &tunnel.proxy_url(), &format!("http://{origin}/hello")]).await;
     assert!(ok, "{err}");
     assert_eq!(body, b"hello from origin");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn curl_post_of_20_mib_arrives_intact() {
+async fn curl_post_of_20_mib_arrives_intact(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     let body: Vec<u8> = (0..20u64 << 20).map(|i| (i * 7 % 256) as u8).collect();
     let file = tunnel.dir.path().join("upload.bin");
     std::fs::write(&file, &body).unwrap();
@@ -56,10 +56,9 @@ async fn curl_post_of_20_mib_arrives_intact() {
     assert_eq!(String::from_utf8(answer).unwrap(), expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_download_streams_intact() {
+async fn a_large_download_streams_intact(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     let size: u64 = 256 << 20;
     let client = tunnel.client();
     let mut response = client
@@ -79,9 +78,8 @@ async fn a_large_download_streams_intact() {
     assert_eq!(offset, size);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_to_a_local_https_origin() {
-    let tunnel = Tunnel::start().await;
+async fn connect_to_a_local_https_origin(carrier: Carrier) {
+    let tunnel = Tunnel::start_on(carrier).await;
     let (origin, ca) = https_origin(tunnel.dir.path()).await;
     let (ok, body, err) = curl(&[
         "-x",
@@ -95,10 +93,9 @@ async fn connect_to_a_local_https_origin() {
     assert_eq!(body, b"hello from origin");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_concurrent_requests() {
+async fn a_hundred_concurrent_requests(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     let client = tunnel.client();
     let mut tasks = Vec::new();
     for i in 0..100u64 {
@@ -126,10 +123,9 @@ async fn a_hundred_concurrent_requests() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn headers_cookies_204_and_head_are_preserved() {
+async fn headers_cookies_204_and_head_are_preserved(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     let (ok, head, err) = curl(&[
         "-x",
         &tunnel.proxy_url(),
@@ -197,9 +193,8 @@ async fn headers_cookies_204_and_head_are_preserved() {
     assert!(body.contains(&format!("host: {origin}")), "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_target_is_a_fast_502_with_the_reason() {
-    let tunnel = Tunnel::start().await;
+async fn an_unreachable_target_is_a_fast_502_with_the_reason(carrier: Carrier) {
+    let tunnel = Tunnel::start_on(carrier).await;
     // A port nobody listens on.
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -233,10 +228,9 @@ async fn an_unreachable_target_is_a_fast_502_with_the_reason() {
     assert!(err.contains("502"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_egress_policy_refuses_loopback_with_a_clear_error() {
+async fn the_default_egress_policy_refuses_loopback_with_a_clear_error(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start_with(|server| server.egress_deny = None, |_| {}).await;
+    let tunnel = Tunnel::start_on_with(carrier, |server| server.egress_deny = None, |_| {}).await;
     let (code, body) = curl_status(
         &["-x", &tunnel.proxy_url()],
         &format!("http://{origin}/hello"),
@@ -274,10 +268,10 @@ async fn the_default_egress_policy_refuses_loopback_with_a_clear_error() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn egress_allow_opens_one_exception_to_the_default_policy() {
+async fn egress_allow_opens_one_exception_to_the_default_policy(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start_with(
+    let tunnel = Tunnel::start_on_with(
+        carrier,
         |server| {
             server.egress_deny = None;
             server.egress_allow = vec![format!("{}/32", origin.ip())];
@@ -296,10 +290,10 @@ async fn egress_allow_opens_one_exception_to_the_default_policy() {
     assert!(body.contains("denied by the server's policy"), "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_authentication_and_the_pac_file() {
+async fn proxy_authentication_and_the_pac_file(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start_with(
+    let tunnel = Tunnel::start_on_with(
+        carrier,
         |_| {},
         |agent| agent.proxy_auth = Some("alice:s3cret".into()),
     )
@@ -342,10 +336,9 @@ async fn proxy_authentication_and_the_pac_file() {
     assert!(pac.contains(&format!("PROXY {}", tunnel.proxy)), "{pac}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bytes_pipelined_after_the_connect_head_are_not_lost() {
+async fn bytes_pipelined_after_the_connect_head_are_not_lost(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     let mut client = TcpStream::connect(tunnel.proxy).await.unwrap();
     // CONNECT head and the tunnelled request in one write.
     let request = format!(
@@ -362,10 +355,9 @@ async fn bytes_pipelined_after_the_connect_head_are_not_lost() {
     assert!(answer.ends_with("hello from origin"), "{answer}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_reconnects_after_a_server_restart() {
+async fn the_agent_reconnects_after_a_server_restart(carrier: Carrier) {
     let origin = http_origin().await;
-    let mut tunnel = Tunnel::start().await;
+    let mut tunnel = Tunnel::start_on(carrier).await;
     let url = format!("http://{origin}/hello");
     let (ok, _, err) = curl(&["-x", &tunnel.proxy_url(), &url]).await;
     assert!(ok, "{err}");
@@ -387,10 +379,9 @@ async fn the_agent_reconnects_after_a_server_restart() {
     assert_eq!(body, b"hello from origin");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_connect_reader_does_not_slow_another_download() {
+async fn a_stalled_connect_reader_does_not_slow_another_download(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     // Stream A: a CONNECT whose client never reads, fed by a large download.
     let mut stalled = TcpStream::connect(tunnel.proxy).await.unwrap();
     stalled
@@ -431,10 +422,9 @@ async fn a_stalled_connect_reader_does_not_slow_another_download() {
     drop(stalled);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_bytes_to_the_server_do_not_disturb_other_tunnels() {
+async fn random_bytes_to_the_server_do_not_disturb_other_tunnels(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     let url = format!("http://{origin}/hello");
     let (ok, _, err) = curl(&["-x", &tunnel.proxy_url(), &url]).await;
     assert!(ok, "{err}");
@@ -467,10 +457,9 @@ async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8(head).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_server_refuses_tunnels_beyond_max_connections() {
+async fn the_server_refuses_tunnels_beyond_max_connections(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start_with(|server| server.max_connections = 1, |_| {}).await;
+    let tunnel = Tunnel::start_on_with(carrier, |server| server.max_connections = 1, |_| {}).await;
     // The agent's tunnel takes the only slot.
     let (ok, _, err) = curl(&["-x", &tunnel.proxy_url(), &format!("http://{origin}/hello")]).await;
     assert!(ok, "{err}");
@@ -497,3 +486,21 @@ async fn the_server_refuses_tunnels_beyond_max_connections() {
     assert!(ok, "{err}");
     assert_eq!(body, b"hello from origin");
 }
+
+on_both_transports!(
+    curl_get_through_the_proxy,
+    curl_post_of_20_mib_arrives_intact,
+    a_large_download_streams_intact,
+    connect_to_a_local_https_origin,
+    a_hundred_concurrent_requests,
+    headers_cookies_204_and_head_are_preserved,
+    an_unreachable_target_is_a_fast_502_with_the_reason,
+    the_default_egress_policy_refuses_loopback_with_a_clear_error,
+    egress_allow_opens_one_exception_to_the_default_policy,
+    proxy_authentication_and_the_pac_file,
+    bytes_pipelined_after_the_connect_head_are_not_lost,
+    the_agent_reconnects_after_a_server_restart,
+    a_stalled_connect_reader_does_not_slow_another_download,
+    random_bytes_to_the_server_do_not_disturb_other_tunnels,
+    the_server_refuses_tunnels_beyond_max_connections,
+);

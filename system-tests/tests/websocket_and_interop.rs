@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
-use support::{ARN, Tunnel, curl, http_origin, websocket_origin};
+use support::{ARN, Carrier, Tunnel, curl, http_origin, websocket_origin};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -74,10 +74,9 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_through_the_plain_http_proxy_path() {
+async fn websocket_through_the_plain_http_proxy_path(carrier: Carrier) {
     let origin = websocket_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     let mut stream = TcpStream::connect(tunnel.proxy).await.unwrap();
     let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
     let request = format!(
@@ -99,10 +98,9 @@ async fn websocket_through_the_plain_http_proxy_path() {
     exercise(ws).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_through_connect() {
+async fn websocket_through_connect(carrier: Carrier) {
     let origin = websocket_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     let mut stream = TcpStream::connect(tunnel.proxy).await.unwrap();
     stream
         .write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes())
@@ -151,12 +149,12 @@ async fn tinyproxy(dir: &std::path::Path) -> (u16, tokio::process::Child) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_reaches_the_server_through_an_upstream_proxy() {
+async fn the_agent_reaches_the_server_through_an_upstream_proxy(carrier: Carrier) {
     let origin = http_origin().await;
     let dir = tempfile::tempdir().unwrap();
     let (port, _tinyproxy) = tinyproxy(dir.path()).await;
-    let tunnel = Tunnel::start_with(
+    let tunnel = Tunnel::start_on_with(
+        carrier,
         |_| {},
         |agent| agent.upstream_proxy = Some(format!("http://127.0.0.1:{port}").into()),
     )
@@ -207,10 +205,9 @@ async fn go_style_client(
 
 /// A Go agent's session, envelope lines exactly as the Go encoder writes them, over mutual TLS
 /// without ALPN: the server answers in kind.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_go_format_json_session_against_the_server() {
+async fn a_go_format_json_session_against_the_server(carrier: Carrier) {
     let origin = http_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     let (mut lines, mut write) =
         go_style_client(&tunnel, fluidity_core::pki::KeyAlgorithm::Rsa2048).await;
     let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
@@ -294,10 +291,9 @@ async fn a_go_format_json_session_against_the_server() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn go_ws_open_is_served_by_the_server() {
+async fn go_ws_open_is_served_by_the_server(carrier: Carrier) {
     let origin = websocket_origin().await;
-    let tunnel = Tunnel::start().await;
+    let tunnel = Tunnel::start_on(carrier).await;
     let (mut lines, mut write) =
         go_style_client(&tunnel, fluidity_core::pki::KeyAlgorithm::EcdsaP256).await;
     write.write_all(b"{\"type\":\"iam_auth_request\",\"payload\":{\"id\":\"0123456789abcdef0123456789abcdef\",\"timestamp\":\"2025-12-10T12:34:56Z\",\"service\":\"tunnel\",\"region\":\"us-east-1\",\"access_key_id\":\"AKIDEXAMPLE\",\"signature\":\"x\",\"signed_headers\":\"\"}}\n").await.unwrap();
@@ -333,14 +329,18 @@ async fn go_ws_open_is_served_by_the_server() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_metrics_endpoints() {
+async fn health_and_metrics_endpoints(carrier: Carrier) {
     let origin = http_origin().await;
     let health = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let tunnel = Tunnel::start_with(move |server| server.health_addr = Some(health), |_| {}).await;
+    let tunnel = Tunnel::start_on_with(
+        carrier,
+        move |server| server.health_addr = Some(health),
+        |_| {},
+    )
+    .await;
     let (ok, _, err) = curl(&["-x", &tunnel.proxy_url(), &format!("http://{origin}/hello")]).await;
     assert!(ok, "{err}");
     let (ok, body, err) = curl(&[&format!("http://{health}/health")]).await;
@@ -374,8 +374,7 @@ async fn next<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R
 
 /// The server's HTTP exit verifies HTTPS targets: a private CA works once trusted through
 /// `target_ca_file`, and is refused (502 with the reason) otherwise.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_http_exit_verifies_https_targets() {
+async fn the_http_exit_verifies_https_targets(carrier: Carrier) {
     let origin_dir = tempfile::tempdir().unwrap();
     let (origin, origin_ca) = support::https_origin(origin_dir.path()).await;
     let request = format!(
@@ -383,7 +382,8 @@ async fn the_http_exit_verifies_https_targets() {
     );
     for trusted in [true, false] {
         let ca = origin_ca.clone();
-        let tunnel = Tunnel::start_with(
+        let tunnel = Tunnel::start_on_with(
+            carrier,
             move |server| {
                 if trusted {
                     server.target_ca_file = Some(ca);
@@ -416,3 +416,13 @@ async fn the_http_exit_verifies_https_targets() {
         }
     }
 }
+
+on_both_transports!(
+    websocket_through_the_plain_http_proxy_path,
+    websocket_through_connect,
+    the_agent_reaches_the_server_through_an_upstream_proxy,
+    a_go_format_json_session_against_the_server,
+    go_ws_open_is_served_by_the_server,
+    health_and_metrics_endpoints,
+    the_http_exit_verifies_https_targets,
+);

@@ -28,81 +28,45 @@ impl Session {
     }
 
     pub(super) fn on_envelope(&mut self, envelope: Envelope) {
+        let legacy = !self.extensions;
         match envelope {
             Envelope::Hello(hello) => self.on_hello(hello),
             Envelope::Ping(hb) => self.emit(&Envelope::Pong(hb)),
             Envelope::Pong(_) => {}
             Envelope::WindowUpdate(update) => self.on_window_update(update),
-            Envelope::IamAuthRequest(request) => {
-                if self.role != Role::Server || self.iam_answered {
-                    return;
-                }
-                if request.id.len() > MAX_IAM_ID {
-                    self.close(CloseReason::Protocol(format!(
-                        "iam_auth_request id of {} bytes (at most {MAX_IAM_ID})",
-                        request.id.len()
-                    )));
-                    return;
-                }
-                self.iam_answered = true;
-                self.emit(&Envelope::IamAuthResponse(IamAuthResponse {
-                    id: request.id.clone(),
-                    ok: true,
-                    error: None,
-                    session_token: None,
-                }));
-                self.events.push_back(Event::IamAuth(request));
-            }
+            Envelope::IamAuthRequest(request) => self.on_iam_request(request),
             Envelope::IamAuthResponse(response) => {
                 if self.role == Role::Client {
                     self.events.push_back(Event::IamAuthResponse(response));
                 }
             }
+            // Whole-body messages are the Go dialect; a binary peer streams bodies, and
+            // accepting a whole one would let it bypass the windows.
             Envelope::HttpRequest(r) if self.extensions => {
-                // Whole-body requests are the Go dialect; a binary peer streams bodies, and
-                // accepting a whole one would let it bypass the windows.
                 self.violation(r.id, Violation::WholeBodyOnBinary);
             }
             Envelope::HttpResponse(r) if self.extensions => {
                 self.violation(r.id, Violation::WholeBodyOnBinary);
             }
-            Envelope::HttpRequest(r) => {
+            Envelope::HttpRequest(r) => self.on_whole_request(r),
+            Envelope::HttpResponse(r) => self.on_whole_response(r),
+            Envelope::HttpRequestHead(r) => {
                 let target = Target::Http {
                     method: r.method,
                     url: r.url,
                     headers: r.headers,
                 };
-                // A whole request: the reply must be whole too, whatever the peer announced.
-                if self.on_open(r.id, target, true) {
-                    self.push_whole_body(r.id, r.body);
-                }
-            }
-            Envelope::HttpRequestHead(r) => {
-                let legacy = !self.extensions;
-                self.on_open(
-                    r.id,
-                    Target::Http {
-                        method: r.method,
-                        url: r.url,
-                        headers: r.headers,
-                    },
-                    legacy,
-                );
+                self.on_open(r.id, target, legacy);
             }
             Envelope::ConnectOpen(o) => {
-                let legacy = !self.extensions;
                 self.on_open(o.id, Target::Connect { address: o.address }, legacy);
             }
             Envelope::WsOpen(o) => {
-                let legacy = !self.extensions;
-                self.on_open(
-                    o.id,
-                    Target::WebSocket {
-                        url: o.url,
-                        headers: o.headers,
-                    },
-                    legacy,
-                );
+                let target = Target::WebSocket {
+                    url: o.url,
+                    headers: o.headers,
+                };
+                self.on_open(o.id, target, legacy);
             }
             Envelope::ConnectAck(ack) => {
                 self.on_ack(ack, Kind::Connect, Reply::Connect);
@@ -111,141 +75,157 @@ impl Session {
                 self.on_ack(ack, Kind::WebSocket, Reply::WebSocket);
             }
             Envelope::HttpResponseHead(h) => {
-                let ack = Ack {
-                    id: h.id,
-                    ok: true,
-                    error: None,
+                let reply = Reply::Http {
+                    status_code: h.status_code,
+                    headers: h.headers,
                 };
                 self.on_ack(
-                    ack,
-                    Kind::Http,
-                    Reply::Http {
-                        status_code: h.status_code,
-                        headers: h.headers,
-                    },
-                );
-            }
-            Envelope::HttpResponse(r) => {
-                let id = r.id;
-                let accepted = self.on_ack(
                     Ack {
-                        id,
+                        id: h.id,
                         ok: true,
                         error: None,
                     },
                     Kind::Http,
-                    Reply::Http {
-                        status_code: r.status_code,
-                        headers: r.headers,
-                    },
+                    reply,
                 );
-                if accepted {
-                    self.push_whole_body(id, r.body);
-                    if let Some(stream) = self.streams.get_mut(&id) {
-                        stream.send_closed = true;
-                    }
-                }
             }
-            Envelope::ConnectData(d) => self.on_data(
-                d.id,
-                Kind::Connect,
-                Chunk {
-                    data: d.data,
-                    ws_type: 0,
-                },
-            ),
-            Envelope::BodyChunk(d) => self.on_data(
-                d.id,
-                Kind::Http,
-                Chunk {
-                    data: d.data,
-                    ws_type: 0,
-                },
-            ),
-            Envelope::WsMessage(m) => self.on_data(
-                m.id,
-                Kind::WebSocket,
-                Chunk {
+            Envelope::ConnectData(d) => self.on_data(d.id, Kind::Connect, Chunk::plain(d.data)),
+            Envelope::BodyChunk(d) => self.on_data(d.id, Kind::Http, Chunk::plain(d.data)),
+            Envelope::WsMessage(m) => {
+                let chunk = Chunk {
                     data: m.data,
                     ws_type: m.message_type.max(1),
-                },
-            ),
+                };
+                self.on_data(m.id, Kind::WebSocket, chunk);
+            }
             Envelope::ConnectFin(c) => self.on_fin(c.id, Kind::Connect, false),
             Envelope::BodyEnd(c) => match c.error {
-                Some(error) => self.on_reset(
-                    c.id,
-                    StreamError::PeerReset(format!("body aborted: {error}")),
-                ),
+                Some(error) => {
+                    let error = StreamError::PeerReset(format!("body aborted: {error}"));
+                    self.on_reset(c.id, error);
+                }
                 None => self.on_fin(c.id, Kind::Http, false),
             },
-            Envelope::ConnectClose(c) => {
-                let opening = self.is_opening(c.id);
-                if opening {
-                    // Go servers report a failed dial with a close instead of a refusing ack.
-                    let reason = c
-                        .error
-                        .unwrap_or_else(|| "closed by peer before ack".into());
-                    self.on_refused(c.id, Kind::Connect, Reply::Connect, reason);
-                } else {
-                    self.on_fin(c.id, Kind::Connect, true);
-                }
-            }
-            Envelope::WsClose(c) => {
-                let opening = self.is_opening(c.id);
-                if opening {
-                    let reason = c
-                        .error
-                        .unwrap_or_else(|| format!("closed by peer before ack (code {})", c.code));
-                    self.on_refused(c.id, Kind::WebSocket, Reply::WebSocket, reason);
-                } else {
-                    // Deliver the close as a final message in RFC 6455 close-frame layout.
-                    if self
-                        .streams
-                        .get(&c.id)
-                        .is_some_and(|s| !s.recv_fin && s.phase != Phase::Dead)
-                    {
-                        let mut payload = BytesMut::new();
-                        if c.code != 0 {
-                            payload.extend_from_slice(&c.code.to_be_bytes());
-                            payload.extend_from_slice(c.error.unwrap_or_default().as_bytes());
-                        }
-                        self.push_chunk(
-                            c.id,
-                            Chunk {
-                                data: payload.freeze(),
-                                ws_type: ws_type::CLOSE,
-                            },
-                        );
-                    }
-                    self.on_fin(c.id, Kind::WebSocket, true);
-                }
-            }
-            Envelope::StreamReset(r) => {
-                let opening = self.is_opening(r.id);
-                if opening {
-                    let kind = self.streams.get(&r.id).map_or(Kind::Http, |s| s.kind);
-                    let reply = match kind {
-                        Kind::Http => Reply::Http {
-                            status_code: 0,
-                            headers: Headers::new(),
-                        },
-                        Kind::Connect => Reply::Connect,
-                        Kind::WebSocket => Reply::WebSocket,
-                    };
-                    self.on_ack(
-                        Ack {
-                            id: r.id,
-                            ok: false,
-                            error: Some(r.error),
-                        },
-                        kind,
-                        reply,
-                    );
-                } else {
-                    self.on_reset(r.id, StreamError::PeerReset(r.error));
-                }
+            Envelope::ConnectClose(c) => self.on_connect_close(c),
+            Envelope::WsClose(c) => self.on_ws_close(c),
+            Envelope::StreamReset(r) => self.on_stream_reset(r),
+        }
+    }
+
+    /// The Go agent's IAM placeholder: answered once; the TLS handshake already authenticated.
+    fn on_iam_request(&mut self, request: IamAuthRequest) {
+        if self.role != Role::Server || self.iam_answered {
+            return;
+        }
+        if request.id.len() > MAX_IAM_ID {
+            self.close(CloseReason::Protocol(format!(
+                "iam_auth_request id of {} bytes (at most {MAX_IAM_ID})",
+                request.id.len()
+            )));
+            return;
+        }
+        self.iam_answered = true;
+        self.emit(&Envelope::IamAuthResponse(IamAuthResponse {
+            id: request.id.clone(),
+            ok: true,
+            error: None,
+            session_token: None,
+        }));
+        self.events.push_back(Event::IamAuth(request));
+    }
+
+    /// A Go peer's request with its whole body.
+    fn on_whole_request(&mut self, r: HttpRequest) {
+        let target = Target::Http {
+            method: r.method,
+            url: r.url,
+            headers: r.headers,
+        };
+        // A whole request: the reply must be whole too, whatever the peer announced.
+        if self.on_open(r.id, target, true) {
+            self.push_whole_body(r.id, r.body);
+        }
+    }
+
+    /// A Go peer's response with its whole body: head, body and end at once.
+    fn on_whole_response(&mut self, r: HttpResponse) {
+        let id = r.id;
+        let reply = Reply::Http {
+            status_code: r.status_code,
+            headers: r.headers,
+        };
+        if self.on_ack(
+            Ack {
+                id,
+                ok: true,
+                error: None,
+            },
+            Kind::Http,
+            reply,
+        ) {
+            self.push_whole_body(id, r.body);
+            if let Some(stream) = self.streams.get_mut(&id) {
+                stream.send_closed = true;
             }
         }
+    }
+
+    fn on_connect_close(&mut self, c: Close) {
+        if self.is_opening(c.id) {
+            // Go servers report a failed dial with a close instead of a refusing ack.
+            let reason = c
+                .error
+                .unwrap_or_else(|| "closed by peer before ack".into());
+            self.on_refused(c.id, Kind::Connect, Reply::Connect, reason);
+        } else {
+            self.on_fin(c.id, Kind::Connect, true);
+        }
+    }
+
+    fn on_ws_close(&mut self, c: WsClose) {
+        if self.is_opening(c.id) {
+            let reason = c
+                .error
+                .unwrap_or_else(|| format!("closed by peer before ack (code {})", c.code));
+            self.on_refused(c.id, Kind::WebSocket, Reply::WebSocket, reason);
+            return;
+        }
+        // Deliver the close as a final message in RFC 6455 close-frame layout.
+        let deliverable = self
+            .streams
+            .get(&c.id)
+            .is_some_and(|s| !s.recv_fin && s.phase != Phase::Dead);
+        if deliverable {
+            let mut payload = BytesMut::new();
+            if c.code != 0 {
+                payload.extend_from_slice(&c.code.to_be_bytes());
+                payload.extend_from_slice(c.error.unwrap_or_default().as_bytes());
+            }
+            let chunk = Chunk {
+                data: payload.freeze(),
+                ws_type: ws_type::CLOSE,
+            };
+            self.push_chunk(c.id, chunk);
+        }
+        self.on_fin(c.id, Kind::WebSocket, true);
+    }
+
+    fn on_stream_reset(&mut self, r: StreamReset) {
+        if !self.is_opening(r.id) {
+            self.on_reset(r.id, StreamError::PeerReset(r.error));
+            return;
+        }
+        // A reset before the answer is a refusal of the open.
+        let kind = self.streams.get(&r.id).map_or(Kind::Http, |s| s.kind);
+        let reply = match kind {
+            Kind::Http => Reply::Http {
+                status_code: 0,
+                headers: Headers::new(),
+            },
+            Kind::Connect => Reply::Connect,
+            Kind::WebSocket => Reply::WebSocket,
+        };
+        self.on_refused(r.id, kind, reply, r.error);
     }
 
     pub(super) fn is_opening(&self, id: StreamId) -> bool {

@@ -90,6 +90,13 @@ pub struct Chunk {
     pub ws_type: u8,
 }
 
+impl Chunk {
+    /// Bytes of a CONNECT stream or an HTTP body (no WebSocket type).
+    pub(crate) fn plain(data: Bytes) -> Self {
+        Chunk { data, ws_type: 0 }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Stream {
     pub(crate) kind: Kind,

@@ -137,16 +137,19 @@ pub async fn http_origin() -> SocketAddr {
     address
 }
 
-/// An HTTPS origin (same routes) with a certificate for 127.0.0.1 from a throwaway CA;
-/// returns its address and the CA certificate's PEM file.
-pub async fn https_origin(dir: &std::path::Path) -> (SocketAddr, PathBuf) {
+/// A throwaway CA and a server certificate from it for 127.0.0.1 and localhost, as PEM files
+/// in `dir` named after `name`: (CA certificate, leaf certificate, leaf key).
+pub fn throwaway_server_certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params.distinguished_name = rcgen::DistinguishedName::new();
     ca_params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "Test Origin CA");
+        .push(rcgen::DnType::CommonName, format!("Test {name} CA"));
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf_key = rcgen::KeyPair::generate().unwrap();
@@ -156,18 +159,29 @@ pub async fn https_origin(dir: &std::path::Path) -> (SocketAddr, PathBuf) {
     leaf_params.distinguished_name = rcgen::DistinguishedName::new();
     leaf_params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "test origin");
+        .push(rcgen::DnType::CommonName, format!("test {name}"));
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    let ca_file = dir.join("origin-ca.pem");
-    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let files = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&files.0, ca_cert.pem()).unwrap();
+    std::fs::write(&files.1, leaf.pem()).unwrap();
+    std::fs::write(&files.2, leaf_key.serialize_pem()).unwrap();
+    files
+}
+
+/// An HTTPS origin (same routes) with a certificate for 127.0.0.1 from a throwaway CA;
+/// returns its address and the CA certificate's PEM file.
+pub async fn https_origin(dir: &std::path::Path) -> (SocketAddr, PathBuf) {
+    let (ca_file, cert_file, key_file) = throwaway_server_certificate(dir, "origin");
+    let identity = fluidity_core::pki::TlsIdentity::from_files(&cert_file, &key_file).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(fluidity_core::pki::crypto_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
+        .with_single_cert(identity.chain, identity.key)
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -220,10 +234,57 @@ pub async fn websocket_origin() -> SocketAddr {
 }
 
 /// A server and an agent in this process, joined by mutual TLS in ARN mode.
+/// Which transport a test's tunnel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// Mutual TLS over TCP.
+    Tls,
+    /// Mutual TLS inside a WebSocket (`ws://`), to a server that takes both.
+    WebSocket,
+}
+
+impl Carrier {
+    /// Sets `server` up for this carrier.
+    pub fn server(self, server: &mut fluidity_server::ServerConfig) {
+        if self == Carrier::WebSocket {
+            server.transport = fluidity_core::transport::TransportKind::WebSocket;
+        }
+    }
+
+    /// Sets `agent` up for this carrier, to reach the server at `server`.
+    pub fn agent(self, agent: &mut fluidity_agent::AgentConfig, server: SocketAddr) {
+        if self == Carrier::WebSocket {
+            agent.transport = fluidity_core::transport::TransportKind::WebSocket;
+            agent.websocket_url = Some(format!("ws://{server}/fluidity"));
+        }
+    }
+}
+
+/// Runs each `async fn(Carrier)` test over both transports, as `<name>::tls` and
+/// `<name>::websocket`.
+#[macro_export]
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls() {
+                    super::$name($crate::support::Carrier::Tls).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn websocket() {
+                    super::$name($crate::support::Carrier::WebSocket).await
+                }
+            }
+        )*
+    };
+}
+
 pub struct Tunnel {
     pub dir: tempfile::TempDir,
     pub proxy: SocketAddr,
     pub server: SocketAddr,
+    pub carrier: Carrier,
     stop_server: Option<oneshot::Sender<()>>,
     stop_agent: Option<oneshot::Sender<()>>,
     pub server_task: Option<tokio::task::JoinHandle<()>>,
@@ -297,14 +358,28 @@ impl Tunnel {
         server_tweak: impl FnOnce(&mut fluidity_server::ServerConfig),
         agent_tweak: impl FnOnce(&mut fluidity_agent::AgentConfig),
     ) -> Tunnel {
+        Self::start_on_with(Carrier::Tls, server_tweak, agent_tweak).await
+    }
+
+    pub async fn start_on(carrier: Carrier) -> Tunnel {
+        Self::start_on_with(carrier, |_| {}, |_| {}).await
+    }
+
+    pub async fn start_on_with(
+        carrier: Carrier,
+        server_tweak: impl FnOnce(&mut fluidity_server::ServerConfig),
+        agent_tweak: impl FnOnce(&mut fluidity_agent::AgentConfig),
+    ) -> Tunnel {
         let dir = tempfile::tempdir().unwrap();
         let mut config = server_config(dir.path());
+        carrier.server(&mut config);
         server_tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = listener.local_addr().unwrap();
         let (stop_server, server_task) = start_server(config, listener);
 
         let mut config = agent_config(dir.path(), server);
+        carrier.agent(&mut config, server);
         agent_tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
@@ -320,6 +395,7 @@ impl Tunnel {
             dir,
             proxy,
             server,
+            carrier,
             stop_server: Some(stop_server),
             stop_agent: Some(stop_agent),
             server_task: Some(server_task),
@@ -343,7 +419,9 @@ impl Tunnel {
     /// Starts a new server on the same address and CA.
     pub async fn restart_server(&mut self) {
         let listener = TcpListener::bind(self.server).await.unwrap();
-        let (stop, task) = start_server(server_config(self.dir.path()), listener);
+        let mut config = server_config(self.dir.path());
+        self.carrier.server(&mut config);
+        let (stop, task) = start_server(config, listener);
         self.stop_server = Some(stop);
         self.server_task = Some(task);
     }
