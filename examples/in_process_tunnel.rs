@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     stream.write_all(b"hello through the tunnel").await?;
     let mut echoed = [0u8; 24];
     stream.read_exact(&mut echoed).await?;
+    anyhow::ensure!(&echoed == b"hello through the tunnel", "echoed {echoed:?}");
     println!("{}", String::from_utf8_lossy(&echoed));
     Ok(())
 }

@@ -16,10 +16,13 @@ use fluidity_aws::ControlPlaneClient;
 use fluidity_core::control::{
     KillRequest, KillResponse, QueryRequest, QueryResponse, WakeRequest, WakeResponse, status,
 };
-use fluidity_core::{ServerInfo, ServerLocator};
+use fluidity_core::{Backoff, ServerInfo, ServerLocator};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
+
+/// The longest pause between Query polls while a server starts.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The control-plane endpoints and how to call them.
 #[derive(Debug)]
@@ -32,7 +35,7 @@ pub struct ControlPlane {
     server_port: u16,
     /// How long to wait for a task to become ready.
     startup_timeout: Duration,
-    /// First pause between Query polls (doubles up to 5 s).
+    /// First pause between Query polls (doubles up to [`MAX_POLL_INTERVAL`], jittered).
     poll_interval: Duration,
 }
 
@@ -63,11 +66,8 @@ impl ControlPlane {
         what: &str,
         url: &str,
         request: &Q,
-    ) -> Result<R, String> {
-        self.client
-            .call(what, url, request)
-            .await
-            .map_err(|e| e.to_string())
+    ) -> Result<R, LocateError> {
+        Ok(self.client.call(what, url, request).await?)
     }
 
     fn server(
@@ -83,6 +83,32 @@ impl ControlPlane {
             server_arn: Some(arn.clone()),
             agent_ip,
         })
+    }
+}
+
+/// Why the control plane could not produce a server.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    /// A call to Wake, Query or Kill failed.
+    #[error(transparent)]
+    Call(#[from] fluidity_aws::Error),
+    /// Query answered that no server will come (the service is gone or scaled to zero by
+    /// someone else).
+    #[error("the control plane reports no server: {0}")]
+    NoServer(String),
+    /// No task became ready in time.
+    #[error("the server did not become ready within {timeout:?} (last: {last})")]
+    NotReady {
+        /// The agent's `startup_timeout`.
+        timeout: Duration,
+        /// The last status Query reported (or the last call's error).
+        last: String,
+    },
+}
+
+impl From<LocateError> for fluidity_core::Error {
+    fn from(error: LocateError) -> Self {
+        fluidity_core::Error::Locate(error.into())
     }
 }
 
@@ -105,7 +131,7 @@ impl LambdaLocator {
         }
     }
 
-    async fn wake(&self) -> Result<(String, Option<IpAddr>, Option<ServerInfo>), String> {
+    async fn wake(&self) -> Result<(String, Option<IpAddr>, Option<ServerInfo>), LocateError> {
         let answer: WakeResponse = self
             .plane
             .call("Wake", &self.plane.wake, &WakeRequest {})
@@ -128,9 +154,9 @@ impl LambdaLocator {
         &self,
         instance_id: &str,
         agent_ip: Option<IpAddr>,
-    ) -> Result<ServerInfo, String> {
+    ) -> Result<ServerInfo, LocateError> {
         let started = Instant::now();
-        let mut pause = self.plane.poll_interval;
+        let mut pause = Backoff::new(self.plane.poll_interval, MAX_POLL_INTERVAL);
         loop {
             let request = QueryRequest {
                 instance_id: instance_id.to_owned(),
@@ -150,30 +176,24 @@ impl LambdaLocator {
                     "ready, but without a task ARN and IP".to_owned()
                 }
                 Ok(answer) if answer.status == status::NEGATIVE => {
-                    return Err(format!(
-                        "the control plane reports no server: {}",
-                        answer.message
-                    ));
+                    return Err(LocateError::NoServer(answer.message));
                 }
                 Ok(answer) => format!("{}: {}", answer.status, answer.message),
-                Err(e) => e,
+                // Query's own retries are spent; keep polling until the startup timeout.
+                Err(e) => e.to_string(),
             };
             let waited = started.elapsed();
             if waited >= self.plane.startup_timeout {
-                return Err(format!(
-                    "the server did not become ready within {:?} (last: {last})",
-                    self.plane.startup_timeout
-                ));
+                return Err(LocateError::NotReady {
+                    timeout: self.plane.startup_timeout,
+                    last,
+                });
             }
             tracing::info!(waited = ?Duration::from_secs(waited.as_secs()), status = %last, "waiting for the server to start");
+            let pause = pause.next_delay();
             tokio::time::sleep(pause.min(self.plane.startup_timeout - waited)).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
-}
-
-fn core_error(reason: String) -> fluidity_core::Error {
-    fluidity_core::Error::io("control plane", std::io::Error::other(reason))
 }
 
 #[async_trait]
@@ -183,13 +203,10 @@ impl ServerLocator for LambdaLocator {
     /// idempotent and cheap, restarts a server that was stopped, finds a replaced task (new
     /// ARN), and cancels a pending Kill request, since an agent wants the server.
     async fn locate(&self) -> fluidity_core::Result<ServerInfo> {
-        let (instance_id, agent_ip, ready) = self.wake().await.map_err(core_error)?;
+        let (instance_id, agent_ip, ready) = self.wake().await?;
         match ready {
             Some(server) => Ok(server),
-            None => self
-                .wait_ready(&instance_id, agent_ip)
-                .await
-                .map_err(core_error),
+            None => Ok(self.wait_ready(&instance_id, agent_ip).await?),
         }
     }
 
@@ -205,8 +222,7 @@ impl ServerLocator for LambdaLocator {
         let answer: KillResponse = self
             .plane
             .call("Kill", url, &KillRequest { instance_id })
-            .await
-            .map_err(core_error)?;
+            .await?;
         tracing::info!(status = %answer.status, message = %answer.message, "released the server");
         Ok(())
     }

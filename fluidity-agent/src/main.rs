@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use fluidity_agent::AgentConfig;
-use fluidity_core::config::load;
+use fluidity_core::cli::{Flags, load_config};
 
 /// Fluidity's local agent: an HTTP proxy that carries everything over one mutual-TLS tunnel.
 /// Settings come from the YAML file, then FLUIDITY_<KEY> environment variables, then these
@@ -39,31 +39,20 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut flags: Vec<(&str, String)> = Vec::new();
-    if args.dev {
-        flags.push(("dev", "true".into()));
-    }
-    if let Some(v) = &args.server {
-        flags.push(("server", v.clone()));
-    }
-    if let Some(v) = &args.local_proxy_addr {
-        flags.push(("local_proxy_addr", v.clone()));
-    }
-    if let Some(v) = args.local_proxy_port {
-        flags.push(("local_proxy_port", v.to_string()));
-    }
-    if let Some(v) = &args.cache_dir {
-        flags.push(("cache_dir", v.display().to_string()));
-    }
-    if let Some(v) = &args.log_level {
-        flags.push(("log_level", v.clone()));
-    }
-    let loaded = load::<AgentConfig>(args.config.as_deref(), |k| std::env::var(k).ok(), &flags)?;
-    let config = loaded.config;
-    fluidity_core::cli::init_logging(&config.log_level);
-    for warning in &loaded.warnings {
-        tracing::warn!("{warning}");
-    }
+    let mut flags = Flags::new();
+    flags
+        .switch("dev", args.dev)
+        .set("server", args.server)
+        .set("local_proxy_addr", args.local_proxy_addr)
+        .set("local_proxy_port", args.local_proxy_port)
+        .set(
+            "cache_dir",
+            args.cache_dir.map(|dir| dir.display().to_string()),
+        )
+        .set("log_level", args.log_level);
+    let config: AgentConfig = load_config(args.config.as_deref(), &flags, |c: &AgentConfig| {
+        &c.log_level
+    })?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         let address = std::net::SocketAddr::new(config.local_proxy_addr, config.local_proxy_port);

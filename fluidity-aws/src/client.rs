@@ -7,15 +7,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fluidity_core::control::{SignRequest, SignResponse, unwrap_proxy_response};
-use fluidity_core::{CertIssuer, IssuedCertificate};
+use fluidity_core::{Backoff, CertIssuer, IssuedCertificate};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Error;
 use crate::sign::RequestSigner;
+use crate::{CallError, Error};
 
 /// Attempts per call (transient failures only).
 const ATTEMPTS: u32 = 3;
+/// The pause before the first retry (then doubled, jittered).
+const FIRST_RETRY: Duration = Duration::from_millis(300);
 /// Deadline of one attempt.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer read (a CA answer with its chain is a few KiB).
@@ -26,7 +28,7 @@ const MAX_ANSWER: usize = 1 << 20;
 pub fn http_client() -> Result<reqwest::Client, Error> {
     http_client_builder()?
         .build()
-        .map_err(|e| Error::Unexpected(format!("HTTP client for the control plane: {e}")))
+        .map_err(|e| Error::HttpClient(e.into()))
 }
 
 /// The builder behind [`http_client`], for callers that add settings (timeouts, test
@@ -34,7 +36,7 @@ pub fn http_client() -> Result<reqwest::Client, Error> {
 pub fn http_client_builder() -> Result<reqwest::ClientBuilder, Error> {
     let tls = rustls::ClientConfig::builder_with_provider(fluidity_core::pki::crypto_provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Unexpected(format!("TLS for the control plane: {e}")))?
+        .map_err(|e| Error::HttpClient(e.into()))?
         .with_root_certificates(rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         })
@@ -63,24 +65,23 @@ impl ControlPlaneClient {
         url: &str,
         request: &Q,
     ) -> Result<R, Error> {
-        let failed = |reason: String| Error::Call {
+        let failed = |source: CallError| Error::Call {
             what: what.to_owned(),
             url: url.to_owned(),
-            reason,
+            source,
         };
-        let body = serde_json::to_vec(request).map_err(|e| failed(e.to_string()))?;
-        let mut pause = Duration::from_millis(300);
+        let body = serde_json::to_vec(request).map_err(|e| failed(CallError::Encode(e)))?;
+        let mut backoff = Backoff::new(FIRST_RETRY, FIRST_RETRY * 4);
         let mut attempt = 1;
         loop {
             match self.call_once(url, &body).await {
                 Ok(answer) => {
                     return serde_json::from_value(answer)
-                        .map_err(|e| failed(format!("unexpected answer: {e}")));
+                        .map_err(|e| failed(CallError::UnexpectedAnswer(e)));
                 }
                 Err(Failure::Transient(e)) if attempt < ATTEMPTS => {
                     tracing::debug!(what, attempt, error = %e, "control-plane call failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+                    tokio::time::sleep(backoff.next_delay()).await;
                     attempt += 1;
                 }
                 Err(Failure::Transient(e) | Failure::Final(e)) => return Err(failed(e)),
@@ -105,51 +106,58 @@ impl ControlPlaneClient {
         for (name, value) in &signed {
             request = request.header(name.as_str(), value.as_str());
         }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| Failure::Transient(error_chain(&e)))?;
-        let code = response.status();
+        let unreachable = |e| Failure::Transient(CallError::Unreachable(e));
+        let mut response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
         let mut answer = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| Failure::Transient(error_chain(&e)))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
             if answer.len() + chunk.len() > MAX_ANSWER {
-                return Err(Failure::Final(format!(
-                    "HTTP {code}: answer larger than {MAX_ANSWER} bytes"
-                )));
+                return Err(Failure::Final(CallError::TooLarge {
+                    status: status.as_u16(),
+                    limit: MAX_ANSWER,
+                }));
             }
             answer.extend_from_slice(&chunk);
         }
-        let classify = |reason: String| {
-            if code.is_server_error() || code == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                Failure::Transient(reason)
+        let answered = |message: String| {
+            let error = CallError::Answered {
+                status: status.as_u16(),
+                message,
+            };
+            if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                Failure::Transient(error)
             } else {
-                Failure::Final(reason)
+                Failure::Final(error)
             }
         };
         let value: serde_json::Value = serde_json::from_slice(&answer).map_err(|_| {
-            classify(format!(
-                "HTTP {code}: {}",
-                String::from_utf8_lossy(&answer[..answer.len().min(512)])
-            ))
+            answered(String::from_utf8_lossy(&answer[..answer.len().min(512)]).into_owned())
         })?;
-        let value = unwrap_proxy_response(value).map_err(Failure::Final)?;
+        let value = unwrap_proxy_response(value).map_err(|message| {
+            Failure::Final(CallError::Answered {
+                status: status.as_u16(),
+                message,
+            })
+        })?;
         // Lambda's own errors say `message` (e.g. a Function URL refusing a bad signature).
         let error = value
             .get("error")
             .or_else(|| value.get("Message").or_else(|| value.get("message")))
             .filter(|e| !e.is_null());
-        if !code.is_success() {
-            let reason = error
+        if !status.is_success() {
+            let message = error
                 .and_then(|e| e.as_str())
                 .map_or_else(|| value.to_string(), str::to_owned);
-            return Err(classify(format!("HTTP {code}: {reason}")));
+            return Err(answered(message));
         }
         if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
-            return Err(Failure::Final(format!("HTTP {code}: {error}")));
+            let message = error
+                .as_str()
+                .map_or_else(|| error.to_string(), str::to_owned);
+            return Err(Failure::Final(CallError::Answered {
+                status: status.as_u16(),
+                message,
+            }));
         }
         Ok(value)
     }
@@ -158,23 +166,11 @@ impl ControlPlaneClient {
 /// How one attempt failed.
 enum Failure {
     /// Worth retrying.
-    Transient(String),
+    Transient(CallError),
     /// Not worth retrying.
-    Final(String),
+    Final(CallError),
     /// The request could not be signed (no credentials): not worth retrying.
     Signing(Error),
-}
-
-/// An error with its causes (reqwest's `Display` omits them).
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Gets certificates signed by the control plane's CA endpoint.
@@ -201,7 +197,7 @@ impl CertIssuer for CaClient {
             .client
             .call("CA", &self.url, &request)
             .await
-            .map_err(|e| fluidity_core::Error::Issuer(e.to_string()))?;
+            .map_err(fluidity_core::Error::issuer)?;
         Ok(IssuedCertificate {
             certificate_pem: answer.certificate,
             chain_pem: answer.chain,
@@ -353,19 +349,29 @@ mod tests {
         let err = client
             .call::<_, serde_json::Value>("Kill", &url, &serde_json::json!({}))
             .await
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        let Error::Call { what, source, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(what, "Kill");
         assert!(
-            err.contains("403") && err.contains("Forbidden") && err.contains("Kill"),
-            "{err}"
+            matches!(source, CallError::Answered { status: 403, message } if message == "Forbidden"),
+            "{source:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("Kill ({url}): HTTP 403: Forbidden")
         );
         // An error in a 200 answer (the Go functions' habit) is an error.
         let err = client
             .call::<_, serde_json::Value>("CA", &url, &serde_json::json!({}))
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("CSR not provided"), "{err}");
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Call { source: CallError::Answered { status: 200, message }, .. }
+                if message == "CSR not provided"),
+            "{err:?}"
+        );
         assert_eq!(seen.lock().unwrap().len(), 4);
     }
 }

@@ -14,54 +14,103 @@ pub mod sign;
 pub use client::{CaClient, ControlPlaneClient, http_client, http_client_builder};
 pub use sign::RequestSigner;
 
-/// Why a control-plane call or an AWS lookup failed.
+pub use fluidity_core::BoxError;
+
+/// Why a control-plane call could not be made or failed. Each variant keeps its cause as the
+/// error's `source()`; the message includes the causes too, because the SDK's and reqwest's
+/// own messages omit theirs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An AWS API call failed.
-    #[error("{context}: {reason}")]
-    Aws {
-        /// What was being done.
-        context: String,
-        /// The SDK's error, with its causes.
-        reason: String,
-    },
+    /// The HTTPS client for control-plane calls could not be built.
+    #[error("building the HTTPS client for the control plane: {}", error_chain(.0.as_ref()))]
+    HttpClient(#[source] BoxError),
     /// No AWS credentials could be found to sign a call.
-    #[error("no AWS credentials to sign the call to {url}: {reason}")]
+    #[error("no AWS credentials to sign the call to {url}: {}", error_chain(.source.as_ref()))]
     NoCredentials {
         /// The endpoint.
         url: String,
         /// Why the default credential chain found none.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// SigV4 signing failed.
-    #[error("cannot sign the call to {url}: {reason}")]
+    #[error("cannot sign the call to {url}: {}", error_chain(.source.as_ref()))]
     Signing {
         /// The endpoint.
         url: String,
         /// The signer's error.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// A control-plane endpoint answered with an error or could not be reached.
-    #[error("{what} ({url}): {reason}")]
+    #[error("{what} ({url}): {source}")]
     Call {
         /// Which call (Wake, Query, Kill, CA).
         what: String,
         /// The endpoint.
         url: String,
-        /// The answer or the transport error.
-        reason: String,
+        /// What went wrong.
+        #[source]
+        source: CallError,
     },
-    /// What AWS answered does not make sense (no such task, no network interface, ...).
-    #[error("{0}")]
-    Unexpected(String),
 }
 
-impl Error {
-    /// An SDK error with its whole cause chain (the SDK's `Display` says only "service error").
-    pub fn aws(context: impl Into<String>, error: &(dyn std::error::Error + 'static)) -> Self {
-        Error::Aws {
-            context: context.into(),
-            reason: client::error_chain(error),
+/// How one control-plane call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The request could not be encoded as JSON.
+    #[error("encoding the request: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The endpoint could not be reached, or the connection failed mid-answer.
+    #[error("{}", error_chain(.0))]
+    Unreachable(#[source] reqwest::Error),
+    /// The endpoint answered with an error (an HTTP error status, a proxy-wrapped error, or
+    /// an `error` field in a 200 answer, the Go functions' habit).
+    #[error("HTTP {status}: {message}")]
+    Answered {
+        /// The HTTP status.
+        status: u16,
+        /// The endpoint's message (at most 512 bytes of an unstructured answer).
+        message: String,
+    },
+    /// The answer was larger than the client reads.
+    #[error("HTTP {status}: answer larger than {limit} bytes")]
+    TooLarge {
+        /// The HTTP status.
+        status: u16,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The answer is JSON but not the expected shape.
+    #[error("unexpected answer: {0}")]
+    UnexpectedAnswer(#[source] serde_json::Error),
+}
+
+impl CallError {
+    /// The HTTP status the endpoint answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CallError::Answered { status, .. } | CallError::TooLarge { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
         }
     }
+}
+
+/// An error with its causes, `: `-separated (the AWS SDK's and reqwest's `Display` omit them).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source in their own message; print each cause once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -16,7 +16,7 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::Error;
+use crate::{BoxError, Error};
 
 /// Which AWS service and region an endpoint belongs to, when it is one that wants SigV4.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl RequestSigner {
                     .credentials_provider()
                     .ok_or_else(|| Error::NoCredentials {
                         url: url.to_owned(),
-                        reason: "the AWS configuration has no credential provider".into(),
+                        source: "the AWS configuration has no credential provider".into(),
                     })
             })
             .await?;
@@ -113,7 +113,7 @@ impl RequestSigner {
                 .await
                 .map_err(|e| Error::NoCredentials {
                     url: url.to_owned(),
-                    reason: Error::aws("default credential chain", &e).to_string(),
+                    source: e.into(),
                 })?;
         *cached = Some(credentials.clone());
         Ok(credentials)
@@ -129,9 +129,9 @@ pub fn sign_at(
     body: &[u8],
     time: SystemTime,
 ) -> Result<Vec<(String, String)>, Error> {
-    let failed = |reason: String| Error::Signing {
+    let failed = |source: BoxError| Error::Signing {
         url: url.to_owned(),
-        reason,
+        source,
     };
     let identity = credentials.clone().into();
     let params = v4::SigningParams::builder()
@@ -141,7 +141,7 @@ pub fn sign_at(
         .time(time)
         .settings(SigningSettings::default())
         .build()
-        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(e.into()))?
         .into();
     let request = SignableRequest::new(
         "POST",
@@ -149,9 +149,9 @@ pub fn sign_at(
         headers.iter().copied(),
         SignableBody::Bytes(body),
     )
-    .map_err(|e| failed(e.to_string()))?;
+    .map_err(|e| failed(e.into()))?;
     let (instructions, _signature) = sign(request, &params)
-        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(e.into()))?
         .into_parts();
     Ok(instructions
         .headers()

@@ -1,14 +1,61 @@
-//! What every Fluidity binary sets up the same way: logging.
+//! What every Fluidity binary sets up the same way: configuration from file, environment and
+//! flags ([`Flags`], [`load_config`]), and logging ([`init_logging`]).
 //!
 //! Logs go to stderr (stdout is for what a program prints for its user, and for the server's
 //! metric lines). Colours only on a terminal: a file, a pipe, journald or CloudWatch would show
 //! the escape codes as text.
 
 use std::io::IsTerminal;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
 
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{ConfigKeys, load};
+
+/// Command-line flags that override config keys: only the flags the user gave.
+#[derive(Debug, Default)]
+pub struct Flags(Vec<(&'static str, String)>);
+
+impl Flags {
+    /// No flags.
+    pub fn new() -> Self {
+        Flags::default()
+    }
+
+    /// Sets `key` to `value` if the flag was given.
+    pub fn set(&mut self, key: &'static str, value: Option<impl ToString>) -> &mut Self {
+        if let Some(value) = value {
+            self.0.push((key, value.to_string()));
+        }
+        self
+    }
+
+    /// Sets `key` to `true` if a boolean switch was given (an absent switch does not force
+    /// `false` over the file and the environment).
+    pub fn switch(&mut self, key: &'static str, given: bool) -> &mut Self {
+        self.set(key, given.then_some("true"))
+    }
+}
+
+/// A binary's configuration: defaults < `file` < `FLUIDITY_*` variables < `flags`. Installs
+/// logging at the level the configuration names (`log_level`), then logs what the loader
+/// noticed (unknown keys, unset `${VAR}`s), so the warnings are not lost before logging exists.
+pub fn load_config<T: DeserializeOwned + ConfigKeys>(
+    file: Option<&Path>,
+    flags: &Flags,
+    log_level: impl FnOnce(&T) -> &str,
+) -> crate::Result<T> {
+    let loaded = load::<T>(file, |key| std::env::var(key).ok(), &flags.0)?;
+    init_logging(log_level(&loaded.config));
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(loaded.config)
+}
 
 /// Installs the global subscriber. The filter is `RUST_LOG` if set, else `level`: a level
 /// (`error` … `trace`), optionally with per-target levels (`info,fluidity_core=debug`).

@@ -96,9 +96,16 @@ pub enum Error {
     #[error("certificate request refused: {0}")]
     CsrRefused(#[source] crate::pki::CsrRefusal),
 
-    /// The certificate issuer (CA service, local CA) could not be reached or failed.
+    /// The certificate issuer (CA service, local CA) could not be reached, failed, or returned
+    /// a certificate that does not fit. The issuer's own error is the source (a
+    /// `fluidity_aws::Error` for the CA service, for instance) and is part of the message.
     #[error("certificate issuer failed: {0}")]
-    Issuer(String),
+    Issuer(#[source] BoxError),
+
+    /// The server could not be found or started (a [`crate::ServerLocator`] failed); the
+    /// locator's own error is the source.
+    #[error("finding the server failed: {0}")]
+    Locate(#[source] BoxError),
 
     /// A configuration value is missing, malformed or inconsistent.
     #[error("configuration error in {origin}: {reason}")]
@@ -114,7 +121,15 @@ pub enum Error {
     Timeout(&'static str, Duration),
 }
 
+/// Any error, for the sources of errors that embedders' implementations produce.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 impl Error {
+    /// An issuer failure; `source` may be a message (`String`, `&str`) or any error.
+    pub fn issuer(source: impl Into<BoxError>) -> Self {
+        Error::Issuer(source.into())
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

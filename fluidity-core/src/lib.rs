@@ -17,7 +17,7 @@
 //! Modules hold the rest: [`envelope`] and [`codec`] (the wire format), [`pki`] and [`tls`]
 //! (ARN-bound certificates and mutual TLS 1.3), [`transport`] (transports and socket set-up),
 //! [`config`], [`control`] (the control plane's wire types), [`relay`], [`http_server`],
-//! [`headers`], [`shutdown`] and [`cli`].
+//! [`headers`], [`shutdown`] and `cli`.
 //!
 //! Features: `runtime` (tokio driver, transports, seams), `tls` (PKI and mutual TLS),
 //! `config` (YAML configuration), all three by default; `cli` (logging set-up for binaries).
@@ -61,7 +61,7 @@ pub use backoff::Backoff;
 pub use codec::CodecKind;
 #[cfg(feature = "runtime")]
 pub use driver::{Connection, Driver, IncomingStream, StreamHandle, StreamReader, StreamWriter};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 #[cfg(feature = "runtime")]
 pub use issue::{CertIssuer, FnIssuer, IssuedCertificate};
 #[cfg(feature = "runtime")]
@@ -71,6 +71,6 @@ pub use session::{
     Violation,
 };
 #[cfg(feature = "tls")]
-pub use tls::TlsTransport;
+pub use tls::{TlsTransport, WebSocketTransport};
 #[cfg(feature = "runtime")]
 pub use transport::{Established, MemoryTransport, TcpTransport, Transport};

@@ -11,9 +11,9 @@ use fluidity_core::pki::{CertificateAuthority, SigningOptions};
 use crate::Error;
 use crate::backend::{Activity, ActivityMetrics, CaKeySource, EcsService, ServiceState, Task};
 
-/// An AWS SDK error with its causes, as a backend error.
-fn failed(context: &'static str, error: &(dyn std::error::Error + 'static)) -> Error {
-    Error::backend(context, fluidity_aws::Error::aws(context, error))
+/// An AWS SDK error (its message is the whole cause chain), as a backend error.
+fn failed(action: &'static str, error: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::backend(action, error)
 }
 
 /// The ECS service named by the environment.
@@ -40,7 +40,7 @@ impl AwsEcs {
             .include(aws_sdk_ecs::types::ServiceField::Tags)
             .send()
             .await
-            .map_err(|e| failed("ecs:DescribeServices", &e))?;
+            .map_err(|e| failed("ecs:DescribeServices", e))?;
         Ok(answer
             .services()
             .iter()
@@ -106,7 +106,7 @@ impl EcsService for AwsEcs {
                     .tags(tag)
                     .send()
                     .await
-                    .map_err(|e| failed("ecs:TagResource", &e))?;
+                    .map_err(|e| failed("ecs:TagResource", e))?;
             }
             None => {
                 ecs.untag_resource()
@@ -114,7 +114,7 @@ impl EcsService for AwsEcs {
                     .tag_keys(KILL_TAG)
                     .send()
                     .await
-                    .map_err(|e| failed("ecs:UntagResource", &e))?;
+                    .map_err(|e| failed("ecs:UntagResource", e))?;
             }
         }
         Ok(())
@@ -129,22 +129,14 @@ impl EcsService for AwsEcs {
             .desired_count(count)
             .send()
             .await
-            .map_err(|e| failed("ecs:UpdateService", &e))?;
+            .map_err(|e| failed("ecs:UpdateService", e))?;
         Ok(())
     }
 
     async fn running_tasks(&self) -> Result<Vec<Task>, Error> {
         let (cluster, service) = (&self.cluster, &self.service);
-        let arns = self
-            .tasks
-            .service_task_arns(cluster, service)
-            .await
-            .map_err(|e| Error::backend("listing the service's tasks", e))?;
-        let mut tasks = self
-            .tasks
-            .describe(cluster, &arns)
-            .await
-            .map_err(|e| Error::backend("describing the service's tasks", e))?;
+        let arns = self.tasks.service_task_arns(cluster, service).await?;
+        let mut tasks = self.tasks.describe(cluster, &arns).await?;
         tasks.retain(Task::is_running);
         Ok(tasks)
     }
@@ -211,7 +203,7 @@ impl ActivityMetrics for CloudWatchActivity {
             .end_time(now.into())
             .send()
             .await
-            .map_err(|e| failed("cloudwatch:GetMetricData", &e))?;
+            .map_err(|e| failed("cloudwatch:GetMetricData", e))?;
         let mut counts = Vec::new();
         for result in answer.metric_data_results() {
             for (at, value) in result.timestamps().iter().zip(result.values()) {
@@ -235,7 +227,7 @@ impl ActivityMetrics for CloudWatchActivity {
             .scan_by(aws_sdk_cloudwatch::types::ScanBy::TimestampDescending)
             .send()
             .await
-            .map_err(|e| failed("cloudwatch:GetMetricData", &e))?;
+            .map_err(|e| failed("cloudwatch:GetMetricData", e))?;
         let mut activity = Activity::default();
         for result in answer.metric_data_results() {
             // Newest first (TimestampDescending).
@@ -297,7 +289,7 @@ impl CaKeySource for SecretsManagerCa {
             .secret_id(&self.secret)
             .send()
             .await
-            .map_err(|e| failed("secretsmanager:GetSecretValue", &e))?;
+            .map_err(|e| failed("secretsmanager:GetSecretValue", e))?;
         let text = answer.secret_string().ok_or_else(|| {
             Error::backend(
                 "reading the CA secret",

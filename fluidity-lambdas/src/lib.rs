@@ -23,16 +23,21 @@ pub use app::{ControlPlane, Function, LocalOverrides, Settings};
 
 pub use fluidity_core;
 
+use std::borrow::Cow;
+
+use fluidity_core::BoxError;
+
 /// Why a handler failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The AWS (or other) backend failed.
-    #[error("{context}: {reason}")]
+    #[error("{context}: {}", fluidity_aws::error_chain(.source.as_ref()))]
     Backend {
-        /// What was being done.
-        context: &'static str,
-        /// The backend's error.
-        reason: String,
+        /// What was being done (for AWS calls, the API action).
+        context: Cow<'static, str>,
+        /// The backend's error (an AWS SDK error keeps its whole cause chain).
+        #[source]
+        source: BoxError,
     },
     /// The request is malformed.
     #[error("bad request: {0}")]
@@ -54,11 +59,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// Wraps a backend failure.
-    pub fn backend(context: &'static str, reason: impl std::fmt::Display) -> Self {
+    /// Wraps a backend failure; `source` may be an error or a message.
+    pub fn backend(context: impl Into<Cow<'static, str>>, source: impl Into<BoxError>) -> Self {
         Error::Backend {
-            context,
-            reason: reason.to_string(),
+            context: context.into(),
+            source: source.into(),
         }
     }
 

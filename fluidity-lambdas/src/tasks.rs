@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use fluidity_aws::Error;
+use crate::Error;
 
 /// One ECS task as the control plane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl TaskDirectory {
                 .set_next_token(next_token)
                 .send()
                 .await
-                .map_err(|e| Error::aws(format!("ecs:ListTasks for {service}"), &e))?;
+                .map_err(|e| Error::backend(format!("ecs:ListTasks for {service}"), e))?;
             arns.extend(page.task_arns().iter().cloned());
             next_token = page.next_token().map(str::to_owned);
             if next_token.is_none() {
@@ -91,7 +91,7 @@ impl TaskDirectory {
                 .set_tasks(Some(batch.to_vec()))
                 .send()
                 .await
-                .map_err(|e| Error::aws("ecs:DescribeTasks", &e))?;
+                .map_err(|e| Error::backend("ecs:DescribeTasks", e))?;
             for task in answer.tasks() {
                 let Some(arn) = task.task_arn() else { continue };
                 let eni = task
@@ -133,7 +133,7 @@ impl TaskDirectory {
             .set_network_interface_ids(Some(interfaces.to_vec()))
             .send()
             .await
-            .map_err(|e| Error::aws("ec2:DescribeNetworkInterfaces", &e))?;
+            .map_err(|e| Error::backend("ec2:DescribeNetworkInterfaces", e))?;
         for interface in answer.network_interfaces() {
             let ip = interface
                 .association()

@@ -76,7 +76,20 @@ impl Server {
             credentials::apply_dev_defaults(&mut config);
         }
         let (acceptor, certificates) = credentials::acceptor(&config)?;
-        let acceptor = Some(acceptor);
+        let mut server = Server::for_custom_transport(config)?;
+        if let Some(manager) = &certificates {
+            server.metrics.watch_certificates(manager.clone());
+        }
+        server.acceptor = Some(acceptor);
+        server.certificates = certificates;
+        Ok(server)
+    }
+
+    /// A server for [`Server::serve_transport`] with a transport the caller builds (which
+    /// authenticates agents its own way): `config`'s certificate settings are not read, only
+    /// the exits (egress policy, target TLS, timeouts) and the limits. [`Server::serve`] on
+    /// such a server fails: it has no transport of its own.
+    pub fn for_custom_transport(config: ServerConfig) -> Result<Self, Error> {
         let mut own = egress::local_addresses();
         own.extend(config.server_ip);
         own.push(config.listen_addr);
@@ -84,9 +97,6 @@ impl Server {
             EgressPolicy::from_config(config.egress_deny.as_deref(), &config.egress_allow, &own)?;
         let tls = target_tls(config.target_ca_file.as_deref())?;
         let metrics = Arc::new(Metrics::default());
-        if let Some(manager) = &certificates {
-            metrics.watch_certificates(manager.clone());
-        }
         let exits = Arc::new(Exits {
             http: exit::http::client(egress.clone(), tls.clone(), config.connect_timeout)?,
             egress,
@@ -96,8 +106,8 @@ impl Server {
         });
         Ok(Server {
             config,
-            acceptor,
-            certificates,
+            acceptor: None,
+            certificates: None,
             exits,
             metrics,
         })
@@ -122,10 +132,13 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
         tracing::info!(address = %listener.local_addr()?, transport = ?self.config.transport, "tunnel port");
-        let acceptor = self
-            .acceptor
-            .take()
-            .ok_or_else(|| Error::Config("this server's TLS acceptor was already used".into()))?;
+        let acceptor = self.acceptor.take().ok_or_else(|| {
+            Error::Config(
+                "this server has no transport of its own (built with for_custom_transport): \
+                     use serve_transport"
+                    .into(),
+            )
+        })?;
         match self.config.transport {
             TransportKind::Tls => {
                 let transport = TlsTransport::server(listener, acceptor);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use fluidity_core::config::load;
+use fluidity_core::cli::{Flags, load_config};
 use fluidity_server::ServerConfig;
 
 /// Fluidity's tunnel server: accepts mutual-TLS tunnels from agents and makes the real
@@ -39,31 +39,21 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut flags: Vec<(&str, String)> = Vec::new();
-    if args.dev {
-        flags.push(("dev", "true".into()));
-    }
-    if let Some(v) = &args.listen_addr {
-        flags.push(("listen_addr", v.clone()));
-    }
-    if let Some(v) = args.listen_port {
-        flags.push(("listen_port", v.to_string()));
-    }
-    if let Some(v) = &args.health_addr {
-        flags.push(("health_addr", v.clone()));
-    }
-    if let Some(v) = &args.cache_dir {
-        flags.push(("cache_dir", v.display().to_string()));
-    }
-    if let Some(v) = &args.log_level {
-        flags.push(("log_level", v.clone()));
-    }
-    let loaded = load::<ServerConfig>(args.config.as_deref(), |k| std::env::var(k).ok(), &flags)?;
-    let mut config = loaded.config;
-    fluidity_core::cli::init_logging(&config.log_level);
-    for warning in &loaded.warnings {
-        tracing::warn!("{warning}");
-    }
+    let mut flags = Flags::new();
+    flags
+        .switch("dev", args.dev)
+        .set("listen_addr", args.listen_addr.as_ref())
+        .set("listen_port", args.listen_port)
+        .set("health_addr", args.health_addr)
+        .set(
+            "cache_dir",
+            args.cache_dir.map(|dir| dir.display().to_string()),
+        )
+        .set("log_level", args.log_level);
+    let mut config: ServerConfig =
+        load_config(args.config.as_deref(), &flags, |c: &ServerConfig| {
+            &c.log_level
+        })?;
     if config.dev
         && config.listen_addr == ServerConfig::default().listen_addr
         && args.listen_addr.is_none()

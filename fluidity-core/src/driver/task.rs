@@ -15,7 +15,7 @@ use super::{CLOSE_FLUSH_TIMEOUT, MAX_ROUNDS, READ_CHUNK, Shared};
 use crate::error::{Error, Result};
 use crate::session::CloseReason;
 
-/// The future that performs a connection's I/O; spawn it (or use [`Connection::spawn`]).
+/// The future that performs a connection's I/O; spawn it (or use [`Connection::spawn`](crate::Connection::spawn)).
 /// It completes when the tunnel closes.
 #[derive(Debug)]
 pub struct Driver<T> {

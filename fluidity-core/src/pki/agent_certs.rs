@@ -137,7 +137,7 @@ impl AgentCertManager {
         let info = identity.leaf_info()?;
         if let Some(reason) = unfit_reason(&info, server_arn, agent_ip, self.config.renew_fraction)
         {
-            return Err(Error::Issuer(format!(
+            return Err(Error::issuer(format!(
                 "the issued certificate does not fit: {reason}"
             )));
         }

@@ -145,7 +145,7 @@ impl ServerCertManager {
             Some(current) if current.info.is_fresh(SystemTime::now(), 0.0) => {
                 Ok(current.certified.clone())
             }
-            _ => Err(Error::Issuer(match &state.last_failure {
+            _ => Err(Error::issuer(match &state.last_failure {
                 Some(reason) => format!("the server has no valid certificate: {reason}"),
                 None => "the server has no certificate yet (signing in progress)".into(),
             })),
@@ -265,7 +265,7 @@ impl ServerCertManager {
         let identity = identity_from_issued(&issued, self.key_der.clone_key())?;
         let info = identity.leaf_info()?;
         self.fits(&info).map_err(|reason| {
-            Error::Issuer(format!(
+            Error::issuer(format!(
                 "the issuer returned a certificate that does not fit: {reason}"
             ))
         })?;

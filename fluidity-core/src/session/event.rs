@@ -6,7 +6,7 @@ use crate::envelope::{Hello, IamAuthRequest, IamAuthResponse, StreamId};
 /// Something the application should know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// (Server) the peer opened a stream; answer with [`Session::accept`] or [`Session::refuse`].
+    /// (Server) the peer opened a stream; answer with [`Session::accept`](crate::Session::accept) or [`Session::refuse`](crate::Session::refuse).
     Incoming {
         /// The new stream.
         id: StreamId,
@@ -27,7 +27,7 @@ pub enum Event {
         /// The peer's reason.
         reason: String,
     },
-    /// Data (or the end of data) is ready for [`Session::recv`].
+    /// Data (or the end of data) is ready for [`Session::recv`](crate::Session::recv).
     Readable(StreamId),
     /// Send credit or buffer space became available to a writer that had to wait.
     Writable(StreamId),
@@ -49,7 +49,7 @@ pub enum Event {
     Closed(CloseReason),
 }
 
-/// What [`Session::recv`] found.
+/// What [`Session::recv`](crate::Session::recv) found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recv {
     /// Bytes (or one whole WebSocket message).

@@ -75,7 +75,26 @@ const ZERO_COPY_MIN: usize = 32 * 1024;
 /// buffer so that later slices never keep the large allocation alive.
 const LARGE_FRAME: usize = 64 * 1024;
 
-/// The multiplexer. See the [module docs](self).
+/// The tunnel multiplexer as a sans-IO state machine.
+///
+/// A [`Session`] owns no socket and reads no clock. Its driver feeds it received bytes
+/// ([`Session::receive`]) and the current time ([`Session::handle_timeout`]), and takes out
+/// bytes to send ([`Session::poll_transmit`]) and [`Event`]s. The application opens, accepts,
+/// writes, reads, finishes and resets streams through methods that only change state and queue
+/// output. Everything is therefore testable deterministically, without sockets or sleeps.
+///
+/// Guarantees:
+/// - bytes of one stream are delivered in order, exactly once;
+/// - with the binary codec (both ends are Rust peers) each stream has its own credit window
+///   (default 256 KiB) and the connection a shared one, so a stalled reader only stops its own
+///   stream; HTTP bodies stream as chunks; CONNECT streams half-close;
+/// - a protocol violation on one stream (unknown id, duplicate open, data after end, window
+///   overrun) resets that stream only; only a corrupt byte stream closes the connection;
+/// - with the JSON codec the peer may be a Go peer, so streams keep the Go semantics: whole
+///   HTTP bodies (bounded by [`SessionConfig::max_legacy_body`]), full closes, no credit; memory
+///   stays bounded because the session stops taking input ([`Session::wants_input`]) while
+///   unread data fills the connection window. `hello` and heartbeats still run between Rust
+///   peers over JSON.
 #[derive(Debug)]
 pub struct Session {
     role: Role,

@@ -1,6 +1,6 @@
 //! Mutual TLS 1.3 for tunnel connections: the [`TlsAcceptor`] (server side), the
 //! [`TlsConnector`] (agent side) and [`TlsTransport`], which puts them behind the
-//! [`Transport`] seam over TCP.
+//! [`Transport`](crate::Transport) seam over TCP.
 //!
 //! Both sides verify each other (see [`crate::pki::verify`]); ALPN `fluidity/2` selects the
 //! binary codec, no ALPN (a Go peer) the JSON codec. Every handshake has a deadline, and the
@@ -19,6 +19,7 @@ use std::time::Duration;
 pub use acceptor::TlsAcceptor;
 pub use client::{ClientIdentity, TlsClient};
 pub use connector::TlsConnector;
+pub use tokio_rustls::TlsStream;
 pub use transport::TlsTransport;
 pub use websocket::{TunnelStream, WebSocketClient, WebSocketServer, WebSocketTransport};
 pub use ws_bytes::WsBytes;

@@ -95,7 +95,7 @@ impl CertIssuer for CountingIssuer {
             tokio::time::sleep(self.delay).await;
         }
         if self.fail.load(Ordering::SeqCst) {
-            return Err(fluidity_core::Error::Issuer("CA unavailable (test)".into()));
+            return Err(fluidity_core::Error::issuer("CA unavailable (test)"));
         }
         let shift = self.shift_next.swap(0, Ordering::SeqCst);
         let now = SystemTime::now();

@@ -469,8 +469,9 @@ pub async fn curl_status(args: &[&str], url: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), format!("{body}{err}"))
 }
 
-/// A workspace binary (`fluidity-agent`, `fluidity-server`, `fluidity-lambdas`), beside this
-/// test's own executable in `target/<profile>/`. `cargo test --workspace` builds them (each
+/// A workspace binary (`fluidity-agent`, `fluidity-server`, `fluidity-lambdas`, or
+/// `example:<name>` for one of `examples/`), beside this test's own executable in
+/// `target/<profile>/`. `cargo test --workspace` builds them (each
 /// of their packages has integration tests of its own, which makes cargo build its binary).
 /// A binary older than the sources would test old code (`cargo test -p fluidity-system-tests`
 /// or `--test X` alone does not rebuild it): that is refused.
@@ -478,7 +479,12 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test>-<hash>
     let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = dir.join(name);
+    let path = if name.starts_with("example:") {
+        dir.join("examples")
+            .join(name.trim_start_matches("example:"))
+    } else {
+        dir.join(name)
+    };
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| {
@@ -496,6 +502,13 @@ pub fn binary(name: &str) -> PathBuf {
             "fluidity-agent",
         ],
         "fluidity-server" => &["fluidity-core", "fluidity-aws", "fluidity-server"],
+        _ if name.starts_with("example:") => &[
+            "fluidity-core",
+            "fluidity-aws",
+            "fluidity-server",
+            "fluidity-agent",
+            "examples",
+        ],
         _ => &["fluidity-core", "fluidity-aws", "fluidity-lambdas"],
     };
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -503,7 +516,15 @@ pub fn binary(name: &str) -> PathBuf {
         .unwrap();
     let newest = crates
         .iter()
-        .map(|krate| newest_modification(&workspace.join(krate).join("src")))
+        .map(|krate| match *krate {
+            // An example is built from its own file (and the crates above).
+            "examples" => newest_modification(
+                &workspace
+                    .join("examples")
+                    .join(format!("{}.rs", name.trim_start_matches("example:"))),
+            ),
+            krate => newest_modification(&workspace.join(krate).join("src")),
+        })
         .max()
         .unwrap();
     assert!(
@@ -515,9 +536,12 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// The newest modification time of the files under `dir` that a binary is built from
+/// The newest modification time of the files under `dir` (or of the file `dir`) that a binary is built from
 /// (unit-test modules, `tests/` and `tests.rs`, are not).
 fn newest_modification(dir: &std::path::Path) -> std::time::SystemTime {
+    if dir.is_file() {
+        return std::fs::metadata(dir).and_then(|m| m.modified()).unwrap();
+    }
     let mut newest = std::time::SystemTime::UNIX_EPOCH;
     let mut pending = vec![dir.to_owned()];
     while let Some(dir) = pending.pop() {
