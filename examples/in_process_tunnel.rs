@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use fluidity_core::Connection;
 use fluidity_core::codec::CodecKind;
 use fluidity_core::transport::{MemoryTransport, Transport};
-use fluidity_core::{Reply, Session, SessionConfig, Target};
+use fluidity_core::{RefusalCode, Reply, Session, SessionConfig, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,7 +43,8 @@ async fn main() -> anyhow::Result<()> {
                 while let Some(incoming) = tunnel.accept().await {
                     tokio::spawn(async move {
                         let Target::Connect { address } = incoming.target().clone() else {
-                            let _ = incoming.refuse("this example only relays CONNECT");
+                            let _ = incoming
+                                .refuse(RefusalCode::Other, "this example only relays CONNECT");
                             return;
                         };
                         match TcpStream::connect(&address).await {
@@ -54,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
                                 }
                             }
                             Err(e) => {
-                                let _ = incoming.refuse(&e.to_string());
+                                let _ = incoming.refuse(RefusalCode::Other, &e.to_string());
                             }
                         }
                     });

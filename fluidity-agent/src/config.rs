@@ -68,7 +68,15 @@ pub struct AgentConfig {
     /// Fargate cold start takes 60–90 s).
     #[serde(with = "duration")]
     pub startup_timeout: Duration,
-    /// `user:password`: require HTTP Basic proxy authentication (407 otherwise).
+    /// An extra port (on `local_proxy_addr`) that speaks only SOCKS5, for programs that want
+    /// one of their own. The main port takes SOCKS5 too.
+    #[serde(deserialize_with = "optional::deserialize")]
+    pub socks_port: Option<u16>,
+    /// What `/proxy.pac` offers browsers: `http` (default) or `socks5` (SOCKS5, with the HTTP
+    /// proxy as the fallback).
+    pub pac_protocol: PacProtocol,
+    /// `user:password`: require HTTP Basic proxy authentication (407 otherwise), and the same
+    /// as SOCKS5 username and password.
     #[serde(deserialize_with = "optional::deserialize")]
     pub proxy_auth: Option<Secret>,
     /// `http://[user:password@]host:port`: reach the server through this HTTP proxy
@@ -115,6 +123,8 @@ impl Default for AgentConfig {
             query_endpoint: None,
             kill_endpoint: None,
             startup_timeout: Duration::from_secs(180),
+            socks_port: None,
+            pac_protocol: PacProtocol::Http,
             proxy_auth: None,
             upstream_proxy: None,
             max_clients: 1024,
@@ -124,6 +134,17 @@ impl Default for AgentConfig {
             dev: false,
         }
     }
+}
+
+/// What the PAC file tells browsers to use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PacProtocol {
+    /// `PROXY host:port`.
+    #[default]
+    Http,
+    /// `SOCKS5 host:port; PROXY host:port`.
+    Socks5,
 }
 
 impl AgentConfig {
@@ -161,6 +182,8 @@ impl ConfigKeys for AgentConfig {
         "query_endpoint",
         "kill_endpoint",
         "startup_timeout",
+        "socks_port",
+        "pac_protocol",
         "proxy_auth",
         "upstream_proxy",
         "max_clients",

@@ -141,6 +141,7 @@ impl Agent {
             tunnel,
             config.proxy_auth.as_ref().map(|auth| auth.expose()),
             proxy_address,
+            config.pac_protocol,
         ));
         Agent {
             proxy,
@@ -160,19 +161,40 @@ impl Agent {
         self.proxy.tunnel.is_up()
     }
 
-    /// Serves proxy clients on `listener` until `shutdown` completes.
+    /// Serves proxy clients (HTTP and SOCKS5) on `listener`, and SOCKS5 alone on
+    /// `socks_port` if set, until `shutdown` completes.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        tracing::info!(address = %listener.local_addr()?, "proxy listening");
+        tracing::info!(address = %listener.local_addr()?, "proxy listening (HTTP and SOCKS5)");
         let limits = fluidity_core::http_server::HttpLimits {
             max_connections: self.config.max_clients,
             header_read_timeout: self.config.header_read_timeout,
             ..Default::default()
         };
-        proxy::serve(self.proxy.clone(), listener, limits, shutdown).await;
+        let socks = match self.config.socks_port {
+            Some(port) => {
+                let address = SocketAddr::new(self.config.local_proxy_addr, port);
+                let listener = fluidity_core::transport::listen(address)?;
+                tracing::info!(%address, "SOCKS5 listening");
+                Some(listener)
+            }
+            None => None,
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let main = proxy::serve(self.proxy.clone(), listener, limits, stop.cancelled());
+        let socks = async {
+            if let Some(listener) = socks {
+                proxy::serve_socks(self.proxy.clone(), listener, limits, stop.cancelled()).await;
+            }
+        };
+        let stopper = async {
+            shutdown.await;
+            stop.cancel();
+        };
+        tokio::join!(main, socks, stopper);
         // Tell the control plane this agent is done (Kill, exactly once).
         if let Err(e) = self.locator.release().await {
             tracing::warn!(error = %e, "releasing the server failed");

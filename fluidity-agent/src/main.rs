@@ -26,9 +26,12 @@ struct Args {
     /// Proxy listen address.
     #[arg(long)]
     local_proxy_addr: Option<String>,
-    /// Proxy listen port.
+    /// Proxy listen port (HTTP and SOCKS5).
     #[arg(long)]
     local_proxy_port: Option<u16>,
+    /// An extra port that speaks only SOCKS5.
+    #[arg(long)]
+    socks_port: Option<u16>,
     /// Certificate cache (and, with --dev, CA) directory.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         .set("server", args.server)
         .set("local_proxy_addr", args.local_proxy_addr)
         .set("local_proxy_port", args.local_proxy_port)
+        .set("socks_port", args.socks_port)
         .set(
             "cache_dir",
             args.cache_dir.map(|dir| dir.display().to_string()),
@@ -64,8 +68,9 @@ fn main() -> anyhow::Result<()> {
             .await
             .context("starting the agent")?;
         println!(
-            "Fluidity agent: HTTP proxy on http://{bound}\n  \
+            "Fluidity agent: HTTP and SOCKS5 proxy on {bound}\n  \
              try: curl -x http://{bound} https://example.com\n  \
+             or:  curl --socks5-hostname {bound} https://example.com\n  \
              browsers: proxy {bound}, or the PAC file http://{bound}/proxy.pac"
         );
         agent

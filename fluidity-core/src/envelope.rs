@@ -106,6 +106,67 @@ pub struct Ack {
     pub ok: bool,
     /// Why not.
     pub error: Option<String>,
+    /// Why not, as a code (`refusal`: an extension; Go peers neither send nor read it).
+    pub refusal: Option<RefusalCode>,
+}
+
+impl Ack {
+    /// A positive answer.
+    pub fn accepted(id: StreamId) -> Self {
+        Ack {
+            id,
+            ok: true,
+            error: None,
+            refusal: None,
+        }
+    }
+}
+
+/// Why a server could not reach a stream's target, as a code a client can act on (a SOCKS5
+/// reply, an HTTP status) without reading the message. On the wire: the `refusal` field of a
+/// refusing ack, as the lowercase names below; an unknown name reads as `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// Anything else (a bad address, a server shutting down, an old peer that sent no code).
+    #[default]
+    Other,
+    /// The server's egress policy forbids the target (`denied`).
+    Denied,
+    /// No route to the target's network (`network_unreachable`).
+    NetworkUnreachable,
+    /// The name does not resolve, or the host does not answer (`host_unreachable`).
+    HostUnreachable,
+    /// The target refused the connection (`connection_refused`).
+    ConnectionRefused,
+    /// The target did not answer in time (`timed_out`).
+    TimedOut,
+}
+
+impl RefusalCode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::Other => "other",
+            RefusalCode::Denied => "denied",
+            RefusalCode::NetworkUnreachable => "network_unreachable",
+            RefusalCode::HostUnreachable => "host_unreachable",
+            RefusalCode::ConnectionRefused => "connection_refused",
+            RefusalCode::TimedOut => "timed_out",
+        }
+    }
+
+    /// From a wire name (unknown names, from newer peers, are `Other`).
+    pub fn from_wire(name: &str) -> Self {
+        match name {
+            "denied" => RefusalCode::Denied,
+            "network_unreachable" => RefusalCode::NetworkUnreachable,
+            "host_unreachable" => RefusalCode::HostUnreachable,
+            "connection_refused" => RefusalCode::ConnectionRefused,
+            "timed_out" => RefusalCode::TimedOut,
+            _ => RefusalCode::Other,
+        }
+    }
 }
 
 /// `connect_data`, `body_chunk`: bytes of one stream, in order.
@@ -270,6 +331,8 @@ pub struct StreamReset {
     pub id: StreamId,
     /// Why.
     pub error: String,
+    /// Why, as a code, when a server refuses an HTTP stream before answering it.
+    pub refusal: Option<RefusalCode>,
 }
 
 /// One message on the tunnel.

@@ -151,13 +151,13 @@ impl Error {
         matches!(self, Error::Frame(_) | Error::Closed(_))
     }
 
-    /// The peer's reason, if the peer refused to open the stream.
-    pub fn refusal(&self) -> Option<&str> {
+    /// The peer's refusal (code and reason), if the peer refused to open the stream.
+    pub fn refusal(&self) -> Option<&crate::session::Refusal> {
         match self {
             Error::Stream {
-                error: StreamError::Refused(reason),
+                error: StreamError::Refused(refusal),
                 ..
-            } => Some(reason),
+            } => Some(refusal),
             _ => None,
         }
     }

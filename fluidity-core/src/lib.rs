@@ -61,14 +61,15 @@ pub use backoff::Backoff;
 pub use codec::CodecKind;
 #[cfg(feature = "runtime")]
 pub use driver::{Connection, Driver, IncomingStream, StreamHandle, StreamReader, StreamWriter};
+pub use envelope::RefusalCode;
 pub use error::{BoxError, Error, Result};
 #[cfg(feature = "runtime")]
 pub use issue::{CertIssuer, FnIssuer, IssuedCertificate};
 #[cfg(feature = "runtime")]
 pub use locate::{ServerInfo, ServerLocator, StaticLocator};
 pub use session::{
-    Chunk, CloseReason, Event, Recv, Reply, Role, Session, SessionConfig, StreamError, Target,
-    Violation,
+    Chunk, CloseReason, Event, Recv, Refusal, Reply, Role, Session, SessionConfig, StreamError,
+    Target, Violation,
 };
 #[cfg(feature = "tls")]
 pub use tls::{TlsTransport, WebSocketTransport};

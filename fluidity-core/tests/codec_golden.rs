@@ -155,7 +155,9 @@ fn go_vector_values_decode_to_what_go_meant() {
         Envelope::ConnectAck(Ack {
             id: StreamId(0xc0ffee0000000002),
             ok: false,
-            error: Some("dial tcp: lookup nowhere.invalid: no such host".into())
+            error: Some("dial tcp: lookup nowhere.invalid: no such host".into()),
+            // Go peers send no refusal code.
+            refusal: None,
         })
     );
 

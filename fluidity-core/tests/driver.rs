@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use fluidity_core::codec::{CodecKind, FrameError};
 use fluidity_core::{
-    CloseReason, Connection, Error, Established, Reply, Role, ServerInfo, Session, SessionConfig,
-    StreamError, Target, TcpTransport, Transport,
+    CloseReason, Connection, Error, Established, RefusalCode, Reply, Role, ServerInfo, Session,
+    SessionConfig, StreamError, Target, TcpTransport, Transport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,7 +42,11 @@ fn serve_connect(server: Connection) {
                         let _ = tokio::io::copy_bidirectional(&mut stream, &mut target).await;
                     }
                     Err(e) => {
-                        let _ = incoming.refuse(&e.to_string());
+                        let code = match e.kind() {
+                            std::io::ErrorKind::ConnectionRefused => RefusalCode::ConnectionRefused,
+                            _ => RefusalCode::Other,
+                        };
+                        let _ = incoming.refuse(code, &e.to_string());
                     }
                 }
             });
@@ -147,8 +151,8 @@ async fn refused_and_unreachable_targets_fail_fast_with_the_reason() {
         .unwrap();
     let err = client.connect(&closed.to_string()).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Stream { error: StreamError::Refused(reason), .. }
-            if reason.to_lowercase().contains("refused")),
+        matches!(&err, Error::Stream { error: StreamError::Refused(refusal), .. }
+            if refusal.code == RefusalCode::ConnectionRefused),
         "{err}"
     );
 }

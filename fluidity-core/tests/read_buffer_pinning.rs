@@ -99,11 +99,7 @@ async fn attack(streams: usize, rounds: usize, chunk: usize) -> u64 {
     };
     codec.encode(&Envelope::Hello(hello), &mut out).unwrap();
     for id in &ids {
-        let ack = Ack {
-            id: *id,
-            ok: true,
-            error: None,
-        };
+        let ack = Ack::accepted(*id);
         codec.encode(&Envelope::ConnectAck(ack), &mut out).unwrap();
     }
     to_client.write_all(&out).await.unwrap();

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fluidity_core::{CloseReason, Connection, Session, SessionConfig, Transport};
+use fluidity_core::{CloseReason, Connection, RefusalCode, Session, SessionConfig, Transport};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -201,7 +201,7 @@ async fn tunnel<T: Transport>(
             }
             tokio::select! {
                 incoming = connection.accept() => match incoming {
-                    Some(incoming) => { let _ = incoming.refuse("server shutting down"); }
+                    Some(incoming) => { let _ = incoming.refuse(RefusalCode::Other, "server shutting down"); }
                     None => break,
                 },
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}

@@ -10,6 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use fluidity_core::RefusalCode;
 pub use fluidity_core::transport::Cidr;
 
 use crate::Error;
@@ -44,6 +45,101 @@ pub const DEFAULT_DENY: &[&str] = &[
     "fec0::/10",      // site-local (deprecated)
     "ff00::/8",       // multicast
 ];
+
+/// Why a target could not be reached: sent to the agent as a [`RefusalCode`] (which a SOCKS5
+/// client sees as its reply code) and this message.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The target is not a usable address.
+    #[error("{target:?}: {problem}")]
+    BadTarget {
+        /// What the agent asked for.
+        target: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The name does not resolve.
+    #[error("cannot resolve {host}: {source}")]
+    NoSuchHost {
+        /// The name.
+        host: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name resolves to nothing.
+    #[error("{host} resolves to no address")]
+    NoAddress {
+        /// The name.
+        host: String,
+    },
+    /// The egress policy denies every address of the target.
+    #[error(
+        "egress to {host} ({ip}) is denied by the server's policy ({network}; see egress_deny \
+         and egress_allow)"
+    )]
+    Denied {
+        /// The name (or address) asked for.
+        host: String,
+        /// The denied address.
+        ip: IpAddr,
+        /// The deny-list entry that covers it.
+        network: Cidr,
+    },
+    /// Connecting failed (the last address tried).
+    #[error("connecting to {address}: {source}")]
+    Connect {
+        /// The address.
+        address: SocketAddr,
+        /// The connect error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No address answered within the deadline.
+    #[error("connecting timed out after {0:?}")]
+    TimedOut(std::time::Duration),
+    /// The target was reached but the protocol on top failed (TLS, a WebSocket handshake).
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl TargetError {
+    /// The code the agent gets.
+    pub fn code(&self) -> RefusalCode {
+        match self {
+            TargetError::Denied { .. } => RefusalCode::Denied,
+            TargetError::NoSuchHost { .. } | TargetError::NoAddress { .. } => {
+                RefusalCode::HostUnreachable
+            }
+            TargetError::TimedOut(_) => RefusalCode::TimedOut,
+            TargetError::Connect { source, .. } => connect_code(source.kind()),
+            TargetError::BadTarget { .. } | TargetError::Protocol(_) => RefusalCode::Other,
+        }
+    }
+
+    /// The first `TargetError` in `error`'s source chain (reqwest wraps the resolver's).
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a TargetError> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(found) = error.downcast_ref::<TargetError>() {
+                return Some(found);
+            }
+            next = error.source();
+        }
+        None
+    }
+}
+
+/// The code for a failed connect.
+pub fn connect_code(kind: std::io::ErrorKind) -> RefusalCode {
+    match kind {
+        std::io::ErrorKind::ConnectionRefused => RefusalCode::ConnectionRefused,
+        std::io::ErrorKind::NetworkUnreachable => RefusalCode::NetworkUnreachable,
+        std::io::ErrorKind::HostUnreachable => RefusalCode::HostUnreachable,
+        std::io::ErrorKind::TimedOut => RefusalCode::TimedOut,
+        _ => RefusalCode::Other,
+    }
+}
 
 /// The policy in force: a deny list with allowed exceptions.
 #[derive(Debug, Clone)]
@@ -94,14 +190,29 @@ impl EgressPolicy {
         self.deny.iter().find(|net| net.contains(ip)).copied()
     }
 
+    /// The error for `host` (`ip`), if the policy denies `ip`.
+    pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), TargetError> {
+        match self.denies(ip) {
+            Some(network) => Err(TargetError::Denied {
+                host: host.to_owned(),
+                ip,
+                network,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Resolves `host:port` and keeps the allowed addresses; errors say why nothing is left.
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, TargetError> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let candidates: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => tokio::net::lookup_host((host, port))
                 .await
-                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .map_err(|source| TargetError::NoSuchHost {
+                    host: host.to_owned(),
+                    source,
+                })?
                 .collect(),
         };
         let mut denied = None;
@@ -117,11 +228,14 @@ impl EgressPolicy {
             .collect();
         match (allowed.is_empty(), denied) {
             (false, _) => Ok(allowed),
-            (true, Some((ip, net))) => Err(format!(
-                "egress to {host} ({ip}) is denied by the server's policy ({net}; see \
-                 egress_deny and egress_allow)"
-            )),
-            (true, None) => Err(format!("{host} resolves to no address")),
+            (true, Some((ip, network))) => Err(TargetError::Denied {
+                host: host.to_owned(),
+                ip,
+                network,
+            }),
+            (true, None) => Err(TargetError::NoAddress {
+                host: host.to_owned(),
+            }),
         }
     }
 }
@@ -169,16 +283,16 @@ fn parse_if_inet6(text: &str) -> Vec<IpAddr> {
 }
 
 /// Splits a CONNECT authority `host:port` (`[v6]:port` too).
-pub fn split_authority(authority: &str) -> Result<(String, u16), String> {
-    let (host, port) = authority
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{authority:?} is not host:port"))?;
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| format!("{authority:?}: bad port"))?;
+pub fn split_authority(authority: &str) -> Result<(String, u16), TargetError> {
+    let bad = |problem| TargetError::BadTarget {
+        target: authority.to_owned(),
+        problem,
+    };
+    let (host, port) = authority.rsplit_once(':').ok_or(bad("not host:port"))?;
+    let port = port.parse::<u16>().map_err(|_| bad("bad port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(format!("{authority:?}: empty host"));
+        return Err(bad("empty host"));
     }
     Ok((host.to_owned(), port))
 }
@@ -303,9 +417,13 @@ mod tests {
     async fn resolution_keeps_only_allowed_addresses() {
         let policy = default_policy(&[]);
         let err = policy.resolve("localhost", 80).await.unwrap_err();
-        assert!(err.contains("denied"), "{err}");
+        assert!(matches!(err, TargetError::Denied { .. }), "{err}");
+        assert_eq!(err.code(), RefusalCode::Denied);
         let err = policy.resolve("127.0.0.1", 80).await.unwrap_err();
-        assert!(err.contains("127.0.0.0/8"), "{err}");
+        let TargetError::Denied { network, .. } = err else {
+            panic!("{err}")
+        };
+        assert_eq!(network, Cidr::parse("127.0.0.0/8").unwrap());
         assert_eq!(
             EgressPolicy::allow_all()
                 .resolve("127.0.0.1", 80)
@@ -317,7 +435,9 @@ mod tests {
             split_authority("[::1]:443").unwrap(),
             ("::1".to_owned(), 443)
         );
-        assert!(split_authority("example.com").is_err());
-        assert!(split_authority(":80").is_err());
+        for bad in ["example.com", ":80", "host:http"] {
+            let err = split_authority(bad).unwrap_err();
+            assert!(matches!(err, TargetError::BadTarget { .. }), "{err}");
+        }
     }
 }

@@ -40,6 +40,16 @@ pub enum Failure {
     HandshakeEvicted,
 }
 
+impl Failure {
+    /// The counter for a target that could not be reached.
+    pub fn of(error: &crate::egress::TargetError) -> Failure {
+        match error {
+            crate::egress::TargetError::Denied { .. } => Failure::EgressDenied,
+            _ => Failure::TargetUnreachable,
+        }
+    }
+}
+
 const FAILURES: [(Failure, &str); 8] = [
     (Failure::Handshake, "handshake"),
     (Failure::ConnectionLimit, "connection_limit"),

@@ -236,7 +236,8 @@ async fn the_default_egress_policy_refuses_loopback_with_a_clear_error(carrier: 
         &format!("http://{origin}/hello"),
     )
     .await;
-    assert_eq!(code, 502, "{body}");
+    // 403, as a filtering proxy answers, with the server's reason.
+    assert_eq!(code, 403, "{body}");
     assert!(body.contains("denied by the server's policy"), "{body}");
     let (ok, _, err) = curl(&[
         "-x",
@@ -245,7 +246,7 @@ async fn the_default_egress_policy_refuses_loopback_with_a_clear_error(carrier: 
         &format!("http://{origin}/hello"),
     ])
     .await;
-    assert!(!ok && err.contains("502"), "{err}");
+    assert!(!ok && err.contains("403"), "{err}");
     // The server's own network is closed by default: private, shared and unique-local
     // ranges, and IPv4 hidden in IPv6 (nothing is dialled: the policy decides first).
     for target in [
@@ -260,7 +261,7 @@ async fn the_default_egress_policy_refuses_loopback_with_a_clear_error(carrier: 
     ] {
         let (code, body) =
             curl_status(&["-x", &tunnel.proxy_url()], &format!("http://{target}/")).await;
-        assert_eq!(code, 502, "{target}: {body}");
+        assert_eq!(code, 403, "{target}: {body}");
         assert!(
             body.contains("denied by the server's policy"),
             "{target}: {body}"
@@ -286,7 +287,7 @@ async fn egress_allow_opens_one_exception_to_the_default_policy(carrier: Carrier
     .await;
     assert_eq!((code, body.as_str()), (200, "hello from origin"));
     let (code, body) = curl_status(&["-x", &tunnel.proxy_url()], "http://127.0.0.2:9/").await;
-    assert_eq!(code, 502, "{body}");
+    assert_eq!(code, 403, "{body}");
     assert!(body.contains("denied by the server's policy"), "{body}");
 }
 

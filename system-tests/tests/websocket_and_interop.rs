@@ -177,29 +177,9 @@ async fn go_style_client(
     tunnel: &Tunnel,
     algorithm: fluidity_core::pki::KeyAlgorithm,
 ) -> (GoLines, GoWriter) {
-    let ca = fluidity_core::pki::local_ca::LocalCa::open_or_create(
-        &tunnel.dir.path().join("ca"),
-        fluidity_core::pki::SigningOptions::default(),
-    )
-    .unwrap();
-    let key = fluidity_core::pki::keys::generate(algorithm).unwrap();
-    let csr = fluidity_core::pki::csr::build(&key, ARN, &["127.0.0.1".parse().unwrap()]).unwrap();
-    let issued = ca
-        .authority()
-        .sign(&csr, std::time::SystemTime::now())
-        .unwrap();
-    let identity = fluidity_core::pki::TlsIdentity::from_pem(
-        format!("{}{}", issued.certificate_pem, issued.chain_pem.concat()).as_bytes(),
-        key.serialize_pem().as_bytes(),
-    )
-    .unwrap();
-    let roots = fluidity_core::pki::root_store("CA", ca.certificate_pem().as_bytes()).unwrap();
-    let connector = fluidity_core::tls::TlsConnector::arn(&identity, roots, ARN)
-        .unwrap()
-        .without_alpn();
-    let established = connector.connect(tunnel.server).await.unwrap();
-    assert_eq!(established.codec, fluidity_core::codec::CodecKind::Json);
-    let (read, write) = tokio::io::split(established.stream);
+    let stream =
+        support::go_agent_tls(&tunnel.dir.path().join("ca"), tunnel.server, ARN, algorithm).await;
+    let (read, write) = tokio::io::split(stream);
     (BufReader::new(read).lines(), write)
 }
 

@@ -18,7 +18,7 @@ pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Respons
     };
     let stream = match open_connect(proxy, host, &authority).await {
         Ok(stream) => stream,
-        Err(response) => return response,
+        Err(e) => return e.response(host),
     };
     tokio::spawn(async move {
         match hyper::upgrade::on(request).await {

@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
-use super::{Body, Proxy, bad_gateway, tunnel_for};
+use super::{Body, Proxy, bad_gateway, refused, tunnel_for};
 
 /// Read size for response bodies.
 const CHUNK: usize = 64 * 1024;
@@ -22,7 +22,7 @@ pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Respons
     let host = parts.uri.host().unwrap_or_default().to_owned();
     let connection = match tunnel_for(proxy, &host).await {
         Ok(connection) => connection,
-        Err(response) => return response,
+        Err(e) => return e.response(&host),
     };
     let mut headers = Headers::new();
     for (name, value) in &parts.headers {
@@ -68,10 +68,10 @@ pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Respons
             (status_code, headers)
         }
         Ok(other) => return bad_gateway(&host, &format!("unexpected reply {other:?}")),
-        Err(e) if e.refusal().is_some() => {
+        Err(ref e) if let Some(refusal) = e.refusal() => {
             upload.abort();
             proxy.breakers.record(&host, false);
-            return bad_gateway(&host, e.refusal().unwrap_or_default());
+            return refused(&host, refusal);
         }
         Err(e) => {
             upload.abort();

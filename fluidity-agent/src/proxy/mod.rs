@@ -1,15 +1,18 @@
-//! The local HTTP proxy: absolute-form requests, CONNECT, WebSocket upgrades, `/proxy.pac`,
-//! optional Basic proxy authentication. Everything goes through the one tunnel.
+//! The local proxy: HTTP (absolute-form requests, CONNECT, WebSocket upgrades, `/proxy.pac`,
+//! optional Basic proxy authentication) and SOCKS5 on the same port, told apart by the first
+//! byte. Everything goes through the one tunnel.
 
 mod connect;
 mod forward;
 mod pac;
+mod socks;
 mod websocket;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -17,13 +20,14 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
-use fluidity_core::http_server::HttpLimits;
-use fluidity_core::{Connection, StreamHandle};
+use fluidity_core::http_server::{Http1, HttpLimits, accept_loop};
+use fluidity_core::{Connection, Refusal, RefusalCode, StreamHandle};
 
 use crate::breaker::Breakers;
-use crate::tunnel::Tunnel;
+use crate::config::PacProtocol;
+use crate::tunnel::{Tunnel, TunnelError};
 
 /// Response bodies the proxy produces.
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
@@ -35,12 +39,21 @@ pub(crate) struct Proxy {
     pub breakers: Breakers,
     /// Expected `Proxy-Authorization` value, if authentication is on.
     pub authorization: Option<String>,
+    /// The same credentials as SOCKS5 username and password.
+    pub credentials: Option<(Vec<u8>, Vec<u8>)>,
+    /// What the PAC file offers.
+    pub pac: PacProtocol,
     /// The proxy's own address (for the PAC file).
     pub address: SocketAddr,
 }
 
 impl Proxy {
-    pub fn new(tunnel: Tunnel, proxy_auth: Option<&str>, address: SocketAddr) -> Self {
+    pub fn new(
+        tunnel: Tunnel,
+        proxy_auth: Option<&str>,
+        address: SocketAddr,
+        pac: PacProtocol,
+    ) -> Self {
         Proxy {
             tunnel,
             breakers: Breakers::default(),
@@ -50,23 +63,67 @@ impl Proxy {
                     base64::engine::general_purpose::STANDARD.encode(credentials)
                 )
             }),
+            // `user:password`, split at the first colon as HTTP Basic does.
+            credentials: proxy_auth.map(|credentials| {
+                let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+                (user.as_bytes().to_vec(), password.as_bytes().to_vec())
+            }),
             address,
+            pac,
         }
     }
 }
 
-/// Serves proxy clients on `listener` until `shutdown` completes.
+/// Serves proxy clients on `listener` until `shutdown` completes: SOCKS5 when a connection's
+/// first byte is 5 (no HTTP method starts with it), HTTP otherwise.
 pub(crate) async fn serve(
     proxy: Arc<Proxy>,
     listener: TcpListener,
     limits: HttpLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let service_for = |_peer| {
-        let proxy = proxy.clone();
-        hyper::service::service_fn(move |request| handle(proxy.clone(), request))
+    let http = Http1::new(&limits);
+    let deadline = limits.header_read_timeout;
+    let handle = |stream: TcpStream, peer| {
+        let (proxy, http) = (proxy.clone(), http.clone());
+        async move {
+            match first_byte(&stream, deadline).await {
+                Some(socks::VERSION) => socks::serve(&proxy, stream, peer, deadline).await,
+                Some(_) => {
+                    let service =
+                        hyper::service::service_fn(move |request| handle(proxy.clone(), request));
+                    http.serve(stream, peer, service).await;
+                }
+                None => tracing::debug!(%peer, "proxy client sent nothing"),
+            }
+        }
     };
-    fluidity_core::http_server::serve(listener, limits, service_for, shutdown).await;
+    accept_loop(listener, limits, handle, shutdown).await;
+}
+
+/// Serves SOCKS5 only on `listener` (the `socks_port`) until `shutdown` completes.
+pub(crate) async fn serve_socks(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let deadline = limits.header_read_timeout;
+    let handle = |stream, peer| {
+        let proxy = proxy.clone();
+        async move { socks::serve(&proxy, stream, peer, deadline).await }
+    };
+    accept_loop(listener, limits, handle, shutdown).await;
+}
+
+/// The connection's first byte, without taking it; `None` if the client closes or sends
+/// nothing within `deadline`.
+async fn first_byte(stream: &TcpStream, deadline: Duration) -> Option<u8> {
+    let mut byte = [0];
+    match tokio::time::timeout(deadline, stream.peek(&mut byte)).await {
+        Ok(Ok(1)) => Some(byte[0]),
+        _ => None,
+    }
 }
 
 async fn handle(
@@ -111,7 +168,7 @@ fn local(proxy: &Proxy, request: &Request<Incoming>) -> Response<Body> {
                 .headers()
                 .get(hyper::header::HOST)
                 .and_then(|h| h.to_str().ok());
-            pac::response(&pac::advertised(proxy.address, host))
+            pac::response(&pac::advertised(proxy.address, host), proxy.pac)
         }
         _ => text(
             StatusCode::BAD_REQUEST,
@@ -120,20 +177,42 @@ fn local(proxy: &Proxy, request: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// The tunnel for a request to `host`, or the 502 to answer instead (the host keeps failing,
-/// or the tunnel is down and did not come back within `reconnect_wait`).
-pub(crate) async fn tunnel_for(proxy: &Proxy, host: &str) -> Result<Connection, Response<Body>> {
-    if let Err(wait) = proxy.breakers.check(host) {
-        return Err(bad_gateway(
-            host,
-            &format!("failing repeatedly; retrying in {}s", wait.as_secs().max(1)),
-        ));
+/// Why a stream through the tunnel could not be opened. The HTTP front end answers it with a
+/// status ([`OpenError::response`]), the SOCKS5 one with a reply code.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// The host keeps failing: its breaker holds requests for this long.
+    Breaker(Duration),
+    /// The tunnel is down and did not come back within `reconnect_wait`.
+    Tunnel(TunnelError),
+    /// The server refused the stream.
+    Refused(Refusal),
+    /// The stream failed otherwise (the tunnel closed under it).
+    Failed(fluidity_core::Error),
+}
+
+impl OpenError {
+    /// The HTTP answer: 403, 504 or 502 with the reason (see [`refused`]).
+    pub(crate) fn response(&self, host: &str) -> Response<Body> {
+        match self {
+            OpenError::Breaker(wait) => bad_gateway(
+                host,
+                &format!("failing repeatedly; retrying in {}s", wait.as_secs().max(1)),
+            ),
+            OpenError::Tunnel(e) => bad_gateway(host, &e.to_string()),
+            OpenError::Refused(refusal) => refused(host, refusal),
+            OpenError::Failed(e) => bad_gateway(host, &e.to_string()),
+        }
     }
-    proxy
-        .tunnel
-        .connection()
-        .await
-        .map_err(|reason| bad_gateway(host, &reason.to_string()))
+}
+
+/// The tunnel for a request to `host`, unless the host keeps failing or the tunnel is down
+/// and did not come back within `reconnect_wait`.
+pub(crate) async fn tunnel_for(proxy: &Proxy, host: &str) -> Result<Connection, OpenError> {
+    if let Err(wait) = proxy.breakers.check(host) {
+        return Err(OpenError::Breaker(wait));
+    }
+    proxy.tunnel.connection().await.map_err(OpenError::Tunnel)
 }
 
 /// A CONNECT stream to `authority` (on `host`), once the server reached it; the outcome
@@ -142,18 +221,18 @@ pub(crate) async fn open_connect(
     proxy: &Proxy,
     host: &str,
     authority: &str,
-) -> Result<StreamHandle, Response<Body>> {
+) -> Result<StreamHandle, OpenError> {
     let connection = tunnel_for(proxy, host).await?;
     match connection.connect(authority).await {
         Ok(stream) => {
             proxy.breakers.record(host, true);
             Ok(stream)
         }
-        Err(e) if e.refusal().is_some() => {
+        Err(ref e) if let Some(refusal) = e.refusal() => {
             proxy.breakers.record(host, false);
-            Err(bad_gateway(host, e.refusal().unwrap_or_default()))
+            Err(OpenError::Refused(refusal.clone()))
         }
-        Err(e) => Err(bad_gateway(host, &e.to_string())),
+        Err(e) => Err(OpenError::Failed(e)),
     }
 }
 
@@ -166,6 +245,19 @@ pub(crate) fn text(status: StatusCode, message: impl Into<String>) -> Response<B
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The answer to a stream the server refused: 403 when its egress policy forbids the target
+/// (as a filtering proxy answers), 504 when the target did not answer in time, else 502;
+/// always with the server's reason.
+pub(crate) fn refused(host: &str, refusal: &Refusal) -> Response<Body> {
+    let status = match refusal.code {
+        RefusalCode::Denied => StatusCode::FORBIDDEN,
+        RefusalCode::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    tracing::info!(target_host = host, reason = %refusal.reason, status = status.as_u16(), "refused");
+    text(status, format!("fluidity: {host}: {}\n", refusal.reason))
 }
 
 /// 502 with the reason, logged.

@@ -5,14 +5,20 @@ use std::net::SocketAddr;
 use hyper::{Response, StatusCode};
 
 use super::{Body, full};
+use crate::config::PacProtocol;
 
-/// The PAC file for a proxy at `address`: local names go direct, everything else through us.
-pub(crate) fn script(address: &str) -> String {
+/// The PAC file for a proxy at `address`: local names go direct, everything else through us,
+/// as an HTTP proxy or as SOCKS5 (with the HTTP proxy on the same port as the fallback).
+pub(crate) fn script(address: &str, protocol: PacProtocol) -> String {
+    let route = match protocol {
+        PacProtocol::Http => format!("PROXY {address}"),
+        PacProtocol::Socks5 => format!("SOCKS5 {address}; PROXY {address}"),
+    };
     format!(
         "function FindProxyForURL(url, host) {{\n  \
            if (isPlainHostName(host) || host === \"localhost\" || shExpMatch(host, \"127.*\") || host === \"[::1]\")\n    \
              return \"DIRECT\";\n  \
-           return \"PROXY {address}\";\n\
+           return \"{route}\";\n\
          }}\n"
     )
 }
@@ -40,8 +46,8 @@ pub(crate) fn advertised(bound: SocketAddr, host_header: Option<&str>) -> String
     SocketAddr::new(ip, bound.port()).to_string()
 }
 
-pub(crate) fn response(address: &str) -> Response<Body> {
-    let mut response = Response::new(full(script(address)));
+pub(crate) fn response(address: &str, protocol: PacProtocol) -> Response<Body> {
+    let mut response = Response::new(full(script(address, protocol)));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -39,7 +39,7 @@ pub(crate) async fn handle(proxy: &Proxy, mut request: Request<Incoming>) -> Res
     let authority = format!("{host}:{}", uri.port_u16().unwrap_or(80));
     let stream = match open_connect(proxy, &host, &authority).await {
         Ok(stream) => stream,
-        Err(response) => return response,
+        Err(e) => return e.response(&host),
     };
     let (mut sender, origin_connection) = match hyper::client::conn::http1::handshake::<
         _,

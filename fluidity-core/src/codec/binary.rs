@@ -105,6 +105,17 @@ fn type_name(code: u8) -> Option<&'static str> {
 }
 
 impl Codec for BinaryCodec {
+    fn encode_line_start(&mut self, envelope: &Envelope, _dst: &mut BytesMut) -> Result<()> {
+        Err(crate::Error::Encode {
+            kind: envelope.type_name(),
+            reason: "the binary codec streams bodies as chunks, not as lines".into(),
+        })
+    }
+
+    fn encode_line_body(&mut self, _data: &[u8], _dst: &mut BytesMut) {}
+
+    fn encode_line_end(&mut self, _aborted: Option<&str>, _dst: &mut BytesMut) {}
+
     fn encode(&mut self, envelope: &Envelope, dst: &mut BytesMut) -> Result<()> {
         match envelope {
             Envelope::ConnectData(p) => {

@@ -38,6 +38,18 @@ pub enum Decoded {
         /// Why it was skipped.
         reason: String,
     },
+    /// (JSON) The head of a long `http_request` or `http_response` line: the envelope with an
+    /// empty body, which follows as [`Decoded::LineBody`] pieces and one
+    /// [`Decoded::LineEnd`]. A Go peer's body of any size is thus never held whole.
+    LineStart(Envelope),
+    /// (JSON) The next piece of the current line's body.
+    LineBody(bytes::Bytes),
+    /// (JSON) The current line ended. `aborted`: the sender abandoned the body midway (it cut
+    /// the base64 with a character outside the alphabet), with its reason if it gave one.
+    LineEnd {
+        /// Why the body is incomplete, if it is.
+        aborted: Option<String>,
+    },
 }
 
 /// Why a byte stream is not a sequence of frames (the connection is then closed).
@@ -68,6 +80,19 @@ pub trait Codec: Send + std::fmt::Debug {
     /// Appends one data frame encoded straight from a borrowed slice (the hot path: no
     /// intermediate [`Envelope`] and no extra copy).
     fn encode_data(&mut self, frame: DataFrame<'_>, dst: &mut BytesMut) -> Result<()>;
+
+    /// Starts an `http_request` or `http_response` whose body follows in pieces
+    /// ([`Codec::encode_line_body`]) and ends with [`Codec::encode_line_end`]; nothing else
+    /// may be encoded in between. Only the JSON codec has such lines (the Go format puts a
+    /// whole body in one envelope); the binary codec streams bodies as chunks and refuses.
+    fn encode_line_start(&mut self, envelope: &Envelope, dst: &mut BytesMut) -> Result<()>;
+
+    /// Appends body bytes to the line started with [`Codec::encode_line_start`].
+    fn encode_line_body(&mut self, data: &[u8], dst: &mut BytesMut);
+
+    /// Ends the line; `aborted` marks the body as incomplete, with a reason (see
+    /// [`Decoded::LineEnd`]).
+    fn encode_line_end(&mut self, aborted: Option<&str>, dst: &mut BytesMut);
 
     /// Removes one frame from the front of `src` and decodes it.
     fn decode(&mut self, src: &mut BytesMut) -> std::result::Result<Option<Decoded>, FrameError>;

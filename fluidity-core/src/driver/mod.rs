@@ -113,8 +113,8 @@ impl State {
                     }
                 }
                 Event::Accepted { id, reply } => self.set_reply(id, Ok(reply)),
-                Event::Refused { id, reason } => {
-                    self.set_reply(id, Err(StreamError::Refused(reason)));
+                Event::Refused { id, refusal } => {
+                    self.set_reply(id, Err(StreamError::Refused(refusal)));
                 }
                 Event::Readable(id) => self.wake_stream(id, true, false),
                 Event::Writable(id) => self.wake_stream(id, false, true),

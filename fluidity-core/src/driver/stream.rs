@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{Connection, ReplyState, Shared, Wakers};
-use crate::envelope::StreamId;
+use crate::envelope::{RefusalCode, StreamId};
 use crate::error::{Error, Result};
 use crate::session::{Chunk, Recv, Reply, Target};
 
@@ -64,11 +64,11 @@ impl IncomingStream {
         StreamHandle::new(self.id, shared)
     }
 
-    /// Refuses the stream; the client sees `reason`.
-    pub fn refuse(mut self, reason: &str) -> Result<()> {
+    /// Refuses the stream; the client sees `code` and `reason`.
+    pub fn refuse(mut self, code: RefusalCode, reason: &str) -> Result<()> {
         self.answered = true;
         let mut state = self.connection.shared.lock();
-        let result = state.session.refuse(self.id, reason);
+        let result = state.session.refuse(self.id, code, reason);
         state.session.release(self.id);
         state.after_app_call();
         result
@@ -79,7 +79,9 @@ impl Drop for IncomingStream {
     fn drop(&mut self) {
         if !self.answered {
             let mut state = self.connection.shared.lock();
-            let _ = state.session.refuse(self.id, "not accepted by the server");
+            let _ = state
+                .session
+                .refuse(self.id, RefusalCode::Other, "not accepted by the server");
             state.session.release(self.id);
             state.after_app_call();
         }
@@ -113,10 +115,10 @@ impl StreamHandle {
     }
 
     /// (Server) refuses a stream taken with [`IncomingStream::defer`]; the client sees
-    /// `reason` (for HTTP, a Go client sees a 502 with it).
-    pub fn refuse(&self, reason: &str) -> Result<()> {
+    /// `code` and `reason` (for HTTP, a Go client sees a 502 with the reason).
+    pub fn refuse(&self, code: RefusalCode, reason: &str) -> Result<()> {
         let mut state = self.shared.lock();
-        let result = state.session.refuse(self.id, reason);
+        let result = state.session.refuse(self.id, code, reason);
         state.after_app_call();
         result
     }
@@ -311,8 +313,8 @@ impl StreamReader {
     }
 
     /// (Server) refuses a deferred stream; see [`StreamHandle::refuse`].
-    pub fn refuse(&self, reason: &str) -> Result<()> {
-        self.0.refuse(reason)
+    pub fn refuse(&self, code: RefusalCode, reason: &str) -> Result<()> {
+        self.0.refuse(code, reason)
     }
 
     /// Aborts the stream in both directions.
@@ -342,8 +344,8 @@ impl StreamWriter {
     }
 
     /// (Server) refuses a deferred stream; see [`StreamHandle::refuse`].
-    pub fn refuse(&self, reason: &str) -> Result<()> {
-        self.0.refuse(reason)
+    pub fn refuse(&self, code: RefusalCode, reason: &str) -> Result<()> {
+        self.0.refuse(code, reason)
     }
 
     /// Aborts the stream in both directions.

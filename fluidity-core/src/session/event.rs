@@ -1,6 +1,6 @@
 //! What a session tells its driver and application.
 
-use super::{Chunk, CloseReason, Reply, StreamError, Target};
+use super::{Chunk, CloseReason, Refusal, Reply, StreamError, Target};
 use crate::envelope::{Hello, IamAuthRequest, IamAuthResponse, StreamId};
 
 /// Something the application should know about.
@@ -24,8 +24,8 @@ pub enum Event {
     Refused {
         /// The stream.
         id: StreamId,
-        /// The peer's reason.
-        reason: String,
+        /// The peer's code and reason.
+        refusal: Refusal,
     },
     /// Data (or the end of data) is ready for [`Session::recv`](crate::Session::recv).
     Readable(StreamId),

@@ -19,6 +19,7 @@ impl Session {
                     self.emit(&Envelope::StreamReset(StreamReset {
                         id,
                         error: violation.to_string(),
+                        refusal: None,
                     }));
                 }
                 // One reset per unknown id: further frames for it are dropped quietly.
@@ -79,15 +80,7 @@ impl Session {
                     status_code: h.status_code,
                     headers: h.headers,
                 };
-                self.on_ack(
-                    Ack {
-                        id: h.id,
-                        ok: true,
-                        error: None,
-                    },
-                    Kind::Http,
-                    reply,
-                );
+                self.on_ack(Ack::accepted(h.id), Kind::Http, reply);
             }
             Envelope::ConnectData(d) => self.on_data(d.id, Kind::Connect, Chunk::plain(d.data)),
             Envelope::BodyChunk(d) => self.on_data(d.id, Kind::Http, Chunk::plain(d.data)),
@@ -154,15 +147,7 @@ impl Session {
             status_code: r.status_code,
             headers: r.headers,
         };
-        if self.on_ack(
-            Ack {
-                id,
-                ok: true,
-                error: None,
-            },
-            Kind::Http,
-            reply,
-        ) {
+        if self.on_ack(Ack::accepted(id), Kind::Http, reply) {
             self.push_whole_body(id, r.body);
             if let Some(stream) = self.streams.get_mut(&id) {
                 stream.send_closed = true;
@@ -176,7 +161,7 @@ impl Session {
             let reason = c
                 .error
                 .unwrap_or_else(|| "closed by peer before ack".into());
-            self.on_refused(c.id, Kind::Connect, Reply::Connect, reason);
+            self.on_refused(c.id, Kind::Connect, Reply::Connect, reason, None);
         } else {
             self.on_fin(c.id, Kind::Connect, true);
         }
@@ -187,7 +172,7 @@ impl Session {
             let reason = c
                 .error
                 .unwrap_or_else(|| format!("closed by peer before ack (code {})", c.code));
-            self.on_refused(c.id, Kind::WebSocket, Reply::WebSocket, reason);
+            self.on_refused(c.id, Kind::WebSocket, Reply::WebSocket, reason, None);
             return;
         }
         // Deliver the close as a final message in RFC 6455 close-frame layout.
@@ -225,7 +210,7 @@ impl Session {
             Kind::Connect => Reply::Connect,
             Kind::WebSocket => Reply::WebSocket,
         };
-        self.on_refused(r.id, kind, reply, r.error);
+        self.on_refused(r.id, kind, reply, r.error, r.refusal);
     }
 
     pub(super) fn is_opening(&self, id: StreamId) -> bool {
@@ -235,11 +220,19 @@ impl Session {
     }
 
     /// The peer refused (or failed) a stream we are opening.
-    pub(super) fn on_refused(&mut self, id: StreamId, kind: Kind, reply: Reply, reason: String) {
+    pub(super) fn on_refused(
+        &mut self,
+        id: StreamId,
+        kind: Kind,
+        reply: Reply,
+        reason: String,
+        refusal: Option<RefusalCode>,
+    ) {
         let ack = Ack {
             id,
             ok: false,
             error: Some(reason),
+            refusal,
         };
         self.on_ack(ack, kind, reply);
     }
@@ -298,7 +291,7 @@ impl Session {
         }
         if self.streams.len() >= self.config.max_streams {
             let reason = Error::TooManyStreams(self.config.max_streams).to_string();
-            self.send_refusal(id, target.kind(), legacy, &reason);
+            self.send_refusal(id, target.kind(), legacy, RefusalCode::Other, &reason);
             return false;
         }
         self.recently_closed.remove(&id);
@@ -327,9 +320,12 @@ impl Session {
             self.events.push_back(Event::Accepted { id, reply });
             true
         } else {
-            let reason = ack.error.unwrap_or_else(|| "refused by peer".into());
-            self.kill(id, StreamError::Refused(reason.clone()));
-            self.events.push_back(Event::Refused { id, reason });
+            let refusal = Refusal {
+                code: ack.refusal.unwrap_or_default(),
+                reason: ack.error.unwrap_or_else(|| "refused by peer".into()),
+            };
+            self.kill(id, StreamError::Refused(refusal.clone()));
+            self.events.push_back(Event::Refused { id, refusal });
             false
         }
     }

@@ -14,7 +14,7 @@
 //! - a protocol violation on one stream (unknown id, duplicate open, data after end, window
 //!   overrun) resets that stream only; only a corrupt byte stream closes the connection;
 //! - with the JSON codec the peer may be a Go peer, so streams keep the Go semantics: whole
-//!   HTTP bodies (bounded by [`SessionConfig::max_legacy_body`]), full closes, no credit; memory
+//!   HTTP bodies (one envelope each, streamed when large: see `docs/protocol.md`), full closes, no credit; memory
 //!   stays bounded because the session stops taking input ([`Session::wants_input`]) while
 //!   unread data fills the connection window. `hello` and heartbeats still run between Rust
 //!   peers over JSON.
@@ -23,6 +23,7 @@ mod config;
 mod event;
 mod flow;
 mod input;
+mod line;
 mod open;
 mod reason;
 mod recv;
@@ -42,7 +43,7 @@ use config::decode_limit;
 pub use event::{Event, Recv};
 use flow::{RecvWindow, SendWindow};
 use open::tunnel_error_response;
-pub use reason::{CloseReason, StreamError, Violation};
+pub use reason::{CloseReason, Refusal, StreamError, Violation};
 pub use stream::{Chunk, Reply, Target};
 use stream::{Kind, Phase, Stream};
 
@@ -91,7 +92,7 @@ const LARGE_FRAME: usize = 64 * 1024;
 /// - a protocol violation on one stream (unknown id, duplicate open, data after end, window
 ///   overrun) resets that stream only; only a corrupt byte stream closes the connection;
 /// - with the JSON codec the peer may be a Go peer, so streams keep the Go semantics: whole
-///   HTTP bodies (bounded by [`SessionConfig::max_legacy_body`]), full closes, no credit; memory
+///   HTTP bodies (one envelope each, streamed when large: see `docs/protocol.md`), full closes, no credit; memory
 ///   stays bounded because the session stops taking input ([`Session::wants_input`]) while
 ///   unread data fills the connection window. `hello` and heartbeats still run between Rust
 ///   peers over JSON.
@@ -122,6 +123,15 @@ pub struct Session {
     legacy_holders: VecDeque<StreamId>,
     /// A Go agent's `iam_auth_request` was answered (only the first one is).
     iam_answered: bool,
+    /// The stream whose whole-body envelope is being written as a streamed line (Go peers):
+    /// until it ends, nothing else may be written.
+    line_out: Option<line::LineOut>,
+    /// Output made while a line was being written, sent when it ends.
+    deferred: BytesMut,
+    /// The stream of the peer's streamed line being received, if any.
+    line_in: Option<StreamId>,
+    /// The latest time the driver told us (for the line stall check).
+    now: Instant,
     transmit: BytesMut,
     events: VecDeque<Event>,
     closed: Option<CloseReason>,
@@ -174,6 +184,10 @@ impl Session {
             legacy_held: 0,
             legacy_holders: VecDeque::new(),
             iam_answered: false,
+            line_out: None,
+            deferred: BytesMut::new(),
+            line_in: None,
+            now,
             transmit: BytesMut::with_capacity(64 * 1024),
             events: VecDeque::new(),
             closed: None,
@@ -259,7 +273,7 @@ impl Session {
     pub fn wants_input(&self) -> bool {
         self.closed.is_none()
             && self.legacy_buffered < self.config.connection_window as usize
-            && self.transmit.len() < self.output_limit()
+            && self.transmit.len() + self.deferred.len() < self.output_limit()
     }
 
     /// Writers fill the output buffer up to `transmit_high_water` (plus one chunk); replies to
@@ -277,6 +291,7 @@ impl Session {
         if !src.is_empty() {
             self.last_rx = now;
         }
+        self.now = self.now.max(now);
         while self.wants_input() {
             let before = src.len();
             let decoded = self.codec.decode(src);
@@ -293,6 +308,12 @@ impl Session {
                     self.peer_heard = true;
                     tracing::debug!(kind, reason, "skipped envelope");
                 }
+                Ok(Some(Decoded::LineStart(envelope))) => {
+                    self.peer_heard = true;
+                    self.on_line_start(envelope);
+                }
+                Ok(Some(Decoded::LineBody(data))) => self.on_line_body(data),
+                Ok(Some(Decoded::LineEnd { aborted })) => self.on_line_end(aborted),
                 Ok(None) => break,
                 Err(err) => {
                     self.close(CloseReason::Corrupt(err.clone()));
@@ -330,15 +351,26 @@ impl Session {
 
     /// When [`Session::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.closed.is_some() || !self.peer_has(capability::HEARTBEAT) {
+        if self.closed.is_some() {
             return None;
         }
-        Some(self.next_ping.min(self.last_rx + self.config.idle_timeout))
+        let heartbeat = self
+            .peer_has(capability::HEARTBEAT)
+            .then(|| self.next_ping.min(self.last_rx + self.config.idle_timeout));
+        match (heartbeat, self.line_check()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Advances time: sends heartbeats, closes on a silent peer.
+    /// Advances time: sends heartbeats, closes on a silent peer, abandons a stalled line.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.closed.is_some() || !self.peer_has(capability::HEARTBEAT) {
+        self.now = self.now.max(now);
+        if self.closed.is_some() {
+            return;
+        }
+        self.check_line(now);
+        if !self.peer_has(capability::HEARTBEAT) {
             return;
         }
         let silent = now.saturating_duration_since(self.last_rx);
@@ -387,22 +419,38 @@ impl Session {
         self.streams.get_mut(&id).ok_or(Error::UnknownStream(id))
     }
 
+    /// Queues an envelope: after the streamed line, if one is being written.
     pub(super) fn emit(&mut self, envelope: &Envelope) {
-        if let Err(err) = self.codec.encode(envelope, &mut self.transmit) {
+        let out = if self.line_out.is_some() {
+            &mut self.deferred
+        } else {
+            &mut self.transmit
+        };
+        if let Err(err) = self.codec.encode(envelope, out) {
             tracing::warn!(%err, "dropping an envelope that cannot be encoded");
         }
     }
 
     pub(super) fn emit_data(&mut self, frame: DataFrame<'_>) {
-        if let Err(err) = self.codec.encode_data(frame, &mut self.transmit) {
+        let out = if self.line_out.is_some() {
+            &mut self.deferred
+        } else {
+            &mut self.transmit
+        };
+        if let Err(err) = self.codec.encode_data(frame, out) {
             tracing::warn!(%err, "dropping a data frame that cannot be encoded");
         }
     }
 
     pub(super) fn wake_blocked_writers(&mut self) {
         let conn = self.conn_send.available();
+        // While a line is in flight only whole bodies can move (the line's own, or another
+        // one being held): waking the rest would only have them find no room again.
+        let line = self.line_out.is_some();
         for (id, stream) in self.streams.iter_mut() {
+            let whole_body = stream.legacy && stream.kind == Kind::Http;
             if stream.send_blocked
+                && (!line || whole_body)
                 && (stream.legacy || (conn > 0 && stream.send_window.available() > 0))
             {
                 stream.send_blocked = false;

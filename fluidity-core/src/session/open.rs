@@ -75,16 +75,8 @@ impl Session {
         stream.phase = Phase::Open;
         let legacy = stream.legacy;
         match reply {
-            Reply::Connect => self.emit(&Envelope::ConnectAck(Ack {
-                id,
-                ok: true,
-                error: None,
-            })),
-            Reply::WebSocket => self.emit(&Envelope::WsAck(Ack {
-                id,
-                ok: true,
-                error: None,
-            })),
+            Reply::Connect => self.emit(&Envelope::ConnectAck(Ack::accepted(id))),
+            Reply::WebSocket => self.emit(&Envelope::WsAck(Ack::accepted(id))),
             Reply::Http {
                 status_code,
                 headers,
@@ -103,18 +95,28 @@ impl Session {
         Ok(())
     }
 
-    /// (Server) refuses an incoming stream; the client sees `reason`.
-    pub fn refuse(&mut self, id: StreamId, reason: &str) -> Result<()> {
+    /// (Server) refuses an incoming stream with a code the client can act on (a SOCKS5
+    /// reply, an HTTP status) and a reason for people. Go agents see only the reason.
+    pub fn refuse(&mut self, id: StreamId, code: RefusalCode, reason: &str) -> Result<()> {
         self.check_open()?;
         let stream = self.incoming_mut(id, "only an incoming stream can be refused")?;
         let (kind, legacy) = (stream.kind, stream.legacy);
         self.kill(id, StreamError::Reset(format!("refused: {reason}")));
-        self.send_refusal(id, kind, legacy, reason);
+        self.send_refusal(id, kind, legacy, code, reason);
         Ok(())
     }
 
-    pub(super) fn send_refusal(&mut self, id: StreamId, kind: Kind, legacy: bool, reason: &str) {
+    pub(super) fn send_refusal(
+        &mut self,
+        id: StreamId,
+        kind: Kind,
+        legacy: bool,
+        code: RefusalCode,
+        reason: &str,
+    ) {
         let error = Some(reason.to_owned());
+        // The code is an extension: a Go peer would ignore it, so it is not sent to one.
+        let refusal = (!legacy && code != RefusalCode::Other).then_some(code);
         match kind {
             // Go agents unblock on the ack and release their queue on the close: send both.
             Kind::Connect => {
@@ -122,6 +124,7 @@ impl Session {
                     id,
                     ok: false,
                     error: error.clone(),
+                    refusal,
                 }));
                 self.emit(&Envelope::ConnectClose(Close { id, error }));
             }
@@ -130,6 +133,7 @@ impl Session {
                     id,
                     ok: false,
                     error: error.clone(),
+                    refusal,
                 }));
                 self.emit(&Envelope::WsClose(WsClose {
                     id,
@@ -143,6 +147,7 @@ impl Session {
             Kind::Http => self.emit(&Envelope::StreamReset(StreamReset {
                 id,
                 error: reason.to_owned(),
+                refusal,
             })),
         }
     }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::codec::FrameError;
+use crate::envelope::RefusalCode;
 
 /// Why a tunnel closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,13 +98,23 @@ pub enum Violation {
     WholeBodyOnBinary,
 }
 
+/// A peer's refusal to open a stream: what kind, and its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refusal {
+    /// The kind (`Other` from peers that send none, such as Go servers).
+    pub code: RefusalCode,
+    /// The peer's message.
+    pub reason: String,
+}
+
 /// Why a stream ended before both sides finished it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StreamError {
-    /// The peer refused to open it (target unreachable, egress denied, ...): its reason.
+    /// The peer refused to open it (target unreachable, egress denied, ...).
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(Refusal),
     /// The peer reset it: its reason.
     #[error("reset by the peer: {0}")]
     PeerReset(String),
@@ -116,10 +127,4 @@ pub enum StreamError {
     /// The whole tunnel closed.
     #[error("tunnel closed: {0}")]
     TunnelClosed(CloseReason),
-    /// A body for a Go peer grew past what one envelope may carry.
-    #[error("body larger than {limit} bytes, the most one envelope to a Go peer carries")]
-    BodyTooLarge {
-        /// The configured limit.
-        limit: usize,
-    },
 }

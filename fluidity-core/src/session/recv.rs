@@ -137,6 +137,10 @@ impl Session {
     /// Marks a stream dead, drops its unread data (returning its connection credit) and wakes
     /// its reader and writer.
     pub(super) fn kill(&mut self, id: StreamId, error: StreamError) {
+        if self.is_line_out(id) {
+            // Cut the line, so the peer never takes what was written for the whole body.
+            self.end_line(Some(&error.to_string()));
+        }
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };

@@ -10,7 +10,24 @@ impl Session {
             return 0;
         };
         if stream.legacy && stream.kind == Kind::Http {
-            return self.legacy_capacity(id, stream.legacy_body.len());
+            if self.is_line_out(id) {
+                return self
+                    .config
+                    .transmit_high_water
+                    .saturating_sub(self.transmit.len())
+                    / 4
+                    * 3;
+            }
+            let held = stream.legacy_body.len();
+            return self
+                .config
+                .legacy_line_threshold
+                .saturating_sub(held)
+                .min(self.legacy_capacity(id, held));
+        }
+        // Nothing else can be written while a streamed line is in flight.
+        if self.line_out.is_some() {
+            return 0;
         }
         let room = self
             .config
@@ -31,7 +48,7 @@ impl Session {
     /// How much more of a whole body stream `id` (holding `held`) may buffer now: up to its
     /// own limit, within the connection-wide budget unless it is the oldest holder.
     pub(super) fn legacy_capacity(&self, id: StreamId, held: usize) -> usize {
-        let own = self.config.max_legacy_body.saturating_sub(held);
+        let own = self.config.legacy_line_threshold.saturating_sub(held);
         let first = self.legacy_holders.front().is_none_or(|front| *front == id);
         if first {
             own
@@ -82,7 +99,6 @@ impl Session {
     /// were taken; 0 means wait for [`Event::Writable`].
     pub fn send(&mut self, id: StreamId, data: &[u8]) -> Result<usize> {
         self.check_open()?;
-        let limit = self.config.max_legacy_body;
         let stream = self.writable_stream(id)?;
         if stream.kind == Kind::WebSocket {
             return Err(Error::StreamState {
@@ -91,24 +107,7 @@ impl Session {
             });
         }
         if stream.legacy && stream.kind == Kind::Http {
-            let held = stream.legacy_body.len();
-            if held + data.len() > limit {
-                let error = StreamError::BodyTooLarge { limit };
-                self.reset_with(id, error.clone());
-                return Err(Error::Stream { id, error });
-            }
-            let n = self.legacy_capacity(id, held).min(data.len());
-            let stream = self.stream_mut(id)?;
-            if n == 0 {
-                stream.send_blocked = !data.is_empty();
-                return Ok(0);
-            }
-            stream.legacy_body.extend_from_slice(&data[..n]);
-            if held == 0 {
-                self.legacy_holders.push_back(id);
-            }
-            self.legacy_held += n;
-            return Ok(n);
+            return self.send_whole_body(id, data);
         }
         let n = self.send_capacity(id).min(data.len());
         let (kind, legacy) = {
@@ -206,6 +205,11 @@ impl Session {
             });
         }
         stream.send_fin = true;
+        if self.is_line_out(id) {
+            self.end_line(None);
+            return Ok(());
+        }
+        let stream = self.stream_mut(id)?;
         let held = stream.legacy_body.len();
         let envelope = match (stream.kind, stream.legacy) {
             (Kind::Http, true) => {
@@ -287,8 +291,10 @@ impl Session {
             return;
         }
         let (kind, legacy, phase) = (stream.kind, stream.legacy, stream.phase);
-        let reply_pending =
-            stream.legacy_reply.is_some() || (phase == Phase::Incoming && kind == Kind::Http);
+        // A response cut short in its streamed line still owes a Go agent its one answer.
+        let reply_pending = stream.legacy_reply.is_some()
+            || (phase == Phase::Incoming && kind == Kind::Http)
+            || (self.is_line_out(id) && self.role == Role::Server);
         let reason = match &error {
             StreamError::Reset(reason) => reason.clone(),
             other => other.to_string(),
@@ -310,6 +316,7 @@ impl Session {
             self.emit(&Envelope::StreamReset(StreamReset {
                 id,
                 error: reason.to_owned(),
+                refusal: None,
             }));
             return;
         }

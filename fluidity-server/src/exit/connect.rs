@@ -22,16 +22,16 @@ pub async fn serve(exits: &Exits, incoming: IncomingStream, address: &str) {
             .egress
             .resolve(&host, port)
             .await
-            .inspect_err(|_| exits.metrics.failed(Failure::EgressDenied))?;
+            .inspect_err(|e| exits.metrics.failed(Failure::of(e)))?;
         dial(&addresses, exits.connect_timeout)
             .await
             .inspect_err(|_| exits.metrics.failed(Failure::TargetUnreachable))
     };
     let target = match target.await {
         Ok(target) => target,
-        Err(reason) => {
-            tracing::info!(%id, address, %reason, "CONNECT refused");
-            let _ = incoming.refuse(&reason);
+        Err(error) => {
+            tracing::info!(%id, address, %error, "CONNECT refused");
+            let _ = incoming.refuse(error.code(), &error.to_string());
             return;
         }
     };

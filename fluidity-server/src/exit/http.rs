@@ -6,15 +6,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fluidity_core::Reply;
 use fluidity_core::envelope::Headers;
 use fluidity_core::headers::{connection_listed, is_hop_by_hop, strip_hop_by_hop};
 use fluidity_core::{IncomingStream, StreamReader, StreamWriter};
+use fluidity_core::{RefusalCode, Reply};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Exits;
-use crate::egress::EgressPolicy;
+use crate::egress::{EgressPolicy, TargetError, connect_code};
 use crate::metrics::{Failure, StreamKind};
 
 /// Read size for request bodies.
@@ -44,10 +44,11 @@ impl reqwest::dns::Resolve for EgressResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let policy = self.0.clone();
         Box::pin(async move {
+            // The typed error travels inside reqwest's; `TargetError::find` gets it back.
             let addresses = policy
                 .resolve(name.as_str(), 0)
                 .await
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })?;
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
             Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -66,9 +67,9 @@ pub async fn serve(
     let (reader, writer) = incoming.defer().into_split();
     let request = match build_request(exits, &method, &url, headers) {
         Ok(request) => request,
-        Err(reason) => {
-            tracing::info!(%id, %method, %reason, "HTTP request refused");
-            let _ = writer.refuse(&reason);
+        Err(error) => {
+            tracing::info!(%id, %method, %error, "HTTP request refused");
+            let _ = writer.refuse(error.code(), &error.to_string());
             return;
         }
     };
@@ -89,13 +90,13 @@ pub async fn serve(
         Ok(response) => response,
         Err(e) => {
             let reason = describe(&e);
-            exits.metrics.failed(if reason.contains("denied") {
-                Failure::EgressDenied
-            } else {
-                Failure::HttpFailed
+            let code = refusal_code(&e);
+            exits.metrics.failed(match TargetError::find(&e) {
+                Some(target) => Failure::of(target),
+                None => Failure::HttpFailed,
             });
             tracing::info!(%id, %method, %host, %reason, "HTTP request failed");
-            let _ = writer.refuse(&reason);
+            let _ = writer.refuse(code, &reason);
             return;
         }
     };
@@ -116,15 +117,16 @@ fn build_request(
     method: &str,
     url: &str,
     headers: Headers,
-) -> Result<reqwest::RequestBuilder, String> {
+) -> Result<reqwest::RequestBuilder, TargetError> {
+    let failed = TargetError::Protocol;
     let method = reqwest::Method::from_bytes(method.as_bytes())
-        .map_err(|_| format!("invalid method {method:?}"))?;
-    let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        .map_err(|_| failed(format!("invalid method {method:?}")))?;
+    let url = reqwest::Url::parse(url).map_err(|e| failed(format!("invalid URL {url:?}: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
+        return Err(failed(format!(
             "unsupported scheme {:?} (http and https only)",
             url.scheme()
-        ));
+        )));
     }
     // IP literals never reach the resolver, so check them here.
     let literal = url.host_str().and_then(|host| {
@@ -133,13 +135,11 @@ fn build_request(
             .parse::<IpAddr>()
             .ok()
     });
-    if let Some(ip) = literal
-        && let Some(net) = exits.egress.denies(ip)
-    {
-        exits.metrics.failed(Failure::EgressDenied);
-        return Err(format!(
-            "egress to {ip} is denied by the server's policy ({net}; see egress_deny and egress_allow)"
-        ));
+    if let Some(ip) = literal {
+        exits
+            .egress
+            .check(&ip.to_string(), ip)
+            .inspect_err(|e| exits.metrics.failed(Failure::of(e)))?;
     }
     let mut headers = headers;
     strip_hop_by_hop(&mut headers);
@@ -150,11 +150,11 @@ fn build_request(
             continue;
         }
         let Ok(name) = reqwest::header::HeaderName::from_bytes(name.as_bytes()) else {
-            return Err(format!("invalid header name {name:?}"));
+            return Err(failed(format!("invalid header name {name:?}")));
         };
         for value in values {
             let value = reqwest::header::HeaderValue::from_str(value)
-                .map_err(|_| format!("invalid value for header {name}"))?;
+                .map_err(|_| failed(format!("invalid value for header {name}")))?;
             map.append(name.clone(), value);
         }
     }
@@ -229,6 +229,26 @@ async fn relay_response(exits: &Exits, mut writer: StreamWriter, response: reqwe
 }
 
 /// reqwest's error with its causes, which carry the useful part ("connection refused").
+/// What kind of failure a request error is: the egress policy's or the resolver's verdict,
+/// else the connect error's kind, else a timeout.
+fn refusal_code(error: &reqwest::Error) -> RefusalCode {
+    if let Some(target) = TargetError::find(error) {
+        return target.code();
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = next {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return connect_code(io.kind());
+        }
+        next = cause.source();
+    }
+    if error.is_timeout() {
+        RefusalCode::TimedOut
+    } else {
+        RefusalCode::Other
+    }
+}
+
 fn describe(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);

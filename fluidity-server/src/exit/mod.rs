@@ -10,7 +10,7 @@ use std::time::Duration;
 use fluidity_core::IncomingStream;
 use fluidity_core::Target;
 
-use crate::egress::EgressPolicy;
+use crate::egress::{EgressPolicy, TargetError};
 use crate::metrics::Metrics;
 
 /// What the exits share.
@@ -53,25 +53,26 @@ impl Exits {
     }
 }
 
-/// Connects to the first reachable of `addresses` within `timeout`.
+/// Connects to the first reachable of `addresses` (at least one) within `timeout`; the
+/// error is the last address's.
 pub(crate) async fn dial(
     addresses: &[std::net::SocketAddr],
     timeout: Duration,
-) -> Result<tokio::net::TcpStream, String> {
+) -> Result<tokio::net::TcpStream, TargetError> {
     let attempt = async {
-        let mut last = String::from("no address");
-        for address in addresses {
+        let mut last = None;
+        for &address in addresses {
             match tokio::net::TcpStream::connect(address).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
                     return Ok(stream);
                 }
-                Err(e) => last = format!("connecting to {address}: {e}"),
+                Err(source) => last = Some(TargetError::Connect { address, source }),
             }
         }
-        Err(last)
+        Err(last.unwrap_or(TargetError::Protocol("no address to connect to".into())))
     };
     tokio::time::timeout(timeout, attempt)
         .await
-        .unwrap_or_else(|_| Err(format!("connecting timed out after {timeout:?}")))
+        .unwrap_or(Err(TargetError::TimedOut(timeout)))
 }

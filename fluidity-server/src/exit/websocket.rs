@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::either::Either;
 
 use super::{Exits, dial};
+use crate::egress::TargetError;
 use crate::metrics::{Failure, StreamKind};
 
 /// Headers tungstenite sets itself.
@@ -34,9 +35,9 @@ pub async fn serve(exits: &Exits, incoming: IncomingStream, url: String, headers
     let id = incoming.id();
     let socket = match open(exits, &url, &headers).await {
         Ok(socket) => socket,
-        Err(reason) => {
-            tracing::info!(%id, %reason, "WebSocket refused");
-            let _ = incoming.refuse(&reason);
+        Err(error) => {
+            tracing::info!(%id, %error, "WebSocket refused");
+            let _ = incoming.refuse(error.code(), &error.to_string());
             return;
         }
     };
@@ -50,23 +51,27 @@ type Socket = tokio_tungstenite::WebSocketStream<
     Either<tokio::net::TcpStream, tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
 >;
 
-async fn open(exits: &Exits, url: &str, headers: &Headers) -> Result<Socket, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+async fn open(exits: &Exits, url: &str, headers: &Headers) -> Result<Socket, TargetError> {
+    let failed = TargetError::Protocol;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| failed(format!("invalid URL {url:?}: {e}")))?;
     let secure = match parsed.scheme() {
         "ws" => false,
         "wss" => true,
-        other => return Err(format!("unsupported WebSocket scheme {other:?}")),
+        other => return Err(failed(format!("unsupported WebSocket scheme {other:?}"))),
     };
     let host = parsed
         .host_str()
-        .ok_or_else(|| format!("{url:?} has no host"))?
+        .ok_or_else(|| failed(format!("{url:?} has no host")))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
     let port = parsed.port().unwrap_or(if secure { 443 } else { 80 });
-    let addresses = exits.egress.resolve(&host, port).await.inspect_err(|_| {
-        exits.metrics.failed(Failure::EgressDenied);
-    })?;
+    let addresses = exits
+        .egress
+        .resolve(&host, port)
+        .await
+        .inspect_err(|e| exits.metrics.failed(Failure::of(e)))?;
     let tcp = dial(&addresses, exits.connect_timeout)
         .await
         .inspect_err(|_| {
@@ -74,18 +79,18 @@ async fn open(exits: &Exits, url: &str, headers: &Headers) -> Result<Socket, Str
         })?;
     let transport = if secure {
         let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| format!("invalid TLS name {host:?}: {e}"))?;
+            .map_err(|e| failed(format!("invalid TLS name {host:?}: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&exits.tls))
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS with {host}: {e}"))?;
+            .map_err(|e| failed(format!("TLS with {host}: {e}")))?;
         Either::Right(tls)
     } else {
         Either::Left(tcp)
     };
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-            .map_err(|e| format!("WebSocket request for {url:?}: {e}"))?;
+            .map_err(|e| failed(format!("WebSocket request for {url:?}: {e}")))?;
     for (name, values) in headers {
         let lower = name.to_ascii_lowercase();
         if is_hop_by_hop(&lower) || HANDSHAKE_HEADERS.contains(&lower.as_str()) {
@@ -108,8 +113,8 @@ async fn open(exits: &Exits, url: &str, headers: &Headers) -> Result<Socket, Str
     let handshake = tokio_tungstenite::client_async_with_config(request, transport, Some(limits));
     let (socket, _response) = tokio::time::timeout(exits.connect_timeout, handshake)
         .await
-        .map_err(|_| "WebSocket handshake timed out".to_owned())?
-        .map_err(|e| format!("WebSocket handshake with {url}: {e}"))?;
+        .map_err(|_| TargetError::TimedOut(exits.connect_timeout))?
+        .map_err(|e| failed(format!("WebSocket handshake with {url}: {e}")))?;
     Ok(socket)
 }
 

@@ -145,6 +145,7 @@ struct WireRequest {
     message_type: u8,
     #[serde(deserialize_with = "nullable")]
     code: u16,
+    refusal: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -271,6 +272,7 @@ fn parse_payload(kind: &str, payload: &[u8]) -> std::result::Result<Option<Envel
                         id,
                         ok: w.ok,
                         error: non_empty(w.error),
+                        refusal: w.refusal.as_deref().map(RefusalCode::from_wire),
                     };
                     if kind == "connect_ack" {
                         Envelope::ConnectAck(ack)
@@ -326,6 +328,7 @@ fn parse_payload(kind: &str, payload: &[u8]) -> std::result::Result<Option<Envel
                 _ => Envelope::StreamReset(StreamReset {
                     id,
                     error: w.error.unwrap_or_default(),
+                    refusal: w.refusal.as_deref().map(RefusalCode::from_wire),
                 }),
             }
         }

@@ -19,7 +19,7 @@ impl<'a> Obj<'a> {
         Obj { dst, first: true }
     }
 
-    fn key(&mut self, key: &str) {
+    pub(super) fn key(&mut self, key: &str) {
         if !self.first {
             self.dst.put_u8(b',');
         }
@@ -29,7 +29,7 @@ impl<'a> Obj<'a> {
         self.dst.extend_from_slice(b"\":");
     }
 
-    fn str(&mut self, key: &str, value: &str) {
+    pub(super) fn str(&mut self, key: &str, value: &str) {
         self.key(key);
         write_str(self.dst, value);
     }
@@ -78,7 +78,7 @@ impl<'a> Obj<'a> {
         self.dst.put_u8(b'"');
     }
 
-    fn headers(&mut self, key: &str, headers: &Headers) {
+    pub(super) fn headers(&mut self, key: &str, headers: &Headers) {
         self.key(key);
         self.dst.put_u8(b'{');
         for (i, (name, values)) in headers.iter().enumerate() {
@@ -194,6 +194,9 @@ pub(crate) fn encode_payload(envelope: &Envelope, dst: &mut BytesMut) {
             o.id(p.id);
             o.bool("ok", p.ok);
             o.opt_str("error", &p.error);
+            if let Some(code) = p.refusal {
+                o.str("refusal", code.as_str());
+            }
         }
         Envelope::ConnectData(p) => {
             o.id(p.id);
@@ -275,6 +278,9 @@ pub(crate) fn encode_payload(envelope: &Envelope, dst: &mut BytesMut) {
         Envelope::StreamReset(p) => {
             o.id(p.id);
             o.str("error", &p.error);
+            if let Some(code) = p.refusal {
+                o.str("refusal", code.as_str());
+            }
         }
     }
     dst.put_u8(b'}');

@@ -7,6 +7,7 @@
 
 mod decode;
 mod encode;
+mod line;
 
 use bytes::BytesMut;
 
@@ -25,6 +26,10 @@ pub struct JsonCodec {
     max_frame_size: usize,
     /// How far into `src` the newline search already looked (avoids rescanning a long partial line).
     scanned: usize,
+    /// Where the decoder is in a streamed HTTP line.
+    line_in: line::LineIn,
+    /// The encoder's state in a streamed HTTP line.
+    line_out: line::LineOut,
 }
 
 impl JsonCodec {
@@ -33,6 +38,8 @@ impl JsonCodec {
         JsonCodec {
             max_frame_size,
             scanned: 0,
+            line_in: line::LineIn::Idle,
+            line_out: line::LineOut::default(),
         }
     }
 }
@@ -63,11 +70,44 @@ impl Codec for JsonCodec {
         Ok(())
     }
 
+    fn encode_line_start(&mut self, envelope: &Envelope, dst: &mut BytesMut) -> Result<()> {
+        if line::start(envelope, dst) {
+            Ok(())
+        } else {
+            Err(crate::Error::Encode {
+                kind: envelope.type_name(),
+                reason: "only HTTP requests and responses stream as lines".into(),
+            })
+        }
+    }
+
+    fn encode_line_body(&mut self, data: &[u8], dst: &mut BytesMut) {
+        self.line_out.body(data, dst);
+    }
+
+    fn encode_line_end(&mut self, aborted: Option<&str>, dst: &mut BytesMut) {
+        self.line_out.end(aborted, dst);
+    }
+
     fn decode(&mut self, src: &mut BytesMut) -> std::result::Result<Option<Decoded>, FrameError> {
         loop {
+            if !matches!(self.line_in, line::LineIn::Idle) {
+                return self.line_in.decode(src);
+            }
             let start = self.scanned.min(src.len());
             let Some(pos) = memchr::memchr(b'\n', &src[start..]).map(|p| p + start) else {
                 self.scanned = src.len();
+                if src.len() >= line::STREAM_AFTER
+                    && let Some(head) = line::try_start(src)
+                {
+                    self.scanned = 0;
+                    self.line_in = line::LineIn::Body {
+                        carry: [0; 4],
+                        carried: 0,
+                        padded: false,
+                    };
+                    return Ok(Some(head));
+                }
                 if src.len() > self.max_frame_size {
                     return Err(FrameError::TooLarge {
                         size: src.len(),

@@ -54,7 +54,11 @@ fn a_go_agent_connect_refusal_gets_ack_then_close() {
     let mut input = BytesMut::from(&b"{\"type\":\"connect_open\",\"payload\":{\"id\":\"c0ffee0000000002\",\"address\":\"nowhere.invalid:443\"}}\n"[..]);
     server.receive(&mut input, now).unwrap();
     server
-        .refuse(StreamId(0xc0ffee0000000002), "no such host")
+        .refuse(
+            StreamId(0xc0ffee0000000002),
+            RefusalCode::HostUnreachable,
+            "no such host",
+        )
         .unwrap();
     assert_eq!(
         &server.poll_transmit().unwrap()[..],

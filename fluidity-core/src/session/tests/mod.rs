@@ -2,6 +2,7 @@
 
 mod go_dialect;
 mod hostile;
+mod lines;
 
 use super::*;
 use crate::codec::FrameError;
@@ -23,12 +24,16 @@ struct Pair {
 
 impl Pair {
     fn new(codec: CodecKind) -> Pair {
+        Pair::with_config(codec, config())
+    }
+
+    fn with_config(codec: CodecKind, config: SessionConfig) -> Pair {
         let now = Instant::now();
-        let mut client = Session::new(Role::Client, codec, config(), now);
+        let mut client = Session::new(Role::Client, codec, config.clone(), now);
         if codec == CodecKind::Json {
             client.send_hello();
         }
-        let server = Session::new(Role::Server, codec, config(), now);
+        let server = Session::new(Role::Server, codec, config, now);
         let mut pair = Pair {
             client,
             server,
@@ -344,10 +349,10 @@ fn an_oversized_frame_closes_the_connection_with_a_clear_error() {
         let mut p = Pair::new(codec);
         let mut c = codec.new_codec(usize::MAX);
         let mut buf = BytesMut::new();
-        // JSON accepts whole Go bodies up to `max_legacy_body` (16 MiB) in one envelope.
+        // JSON takes lines up to `max_json_line` (16 MiB) whole (HTTP lines stream).
         let (size, expected_limit) = match codec {
             CodecKind::Binary => (2 << 20, 1 << 20),
-            CodecKind::Json => (24 << 20, (16usize << 20).div_ceil(3) * 4 + (256 << 10)),
+            CodecKind::Json => (24 << 20, 16usize << 20),
         };
         c.encode(
             &Envelope::ConnectData(Data {
@@ -460,14 +465,17 @@ fn refusal_and_reset_reach_the_client() {
         })
         .unwrap();
     p.pump();
-    p.server.refuse(id, "egress denied").unwrap();
+    p.server
+        .refuse(id, RefusalCode::Denied, "egress denied")
+        .unwrap();
     p.pump();
     let (client_events, _) = p.drain_events();
+    let refusal = Refusal {
+        code: RefusalCode::Denied,
+        reason: "egress denied".into(),
+    };
     assert!(
-        client_events.contains(&Event::Refused {
-            id,
-            reason: "egress denied".into()
-        }),
+        client_events.contains(&Event::Refused { id, refusal }),
         "{client_events:?}"
     );
 
