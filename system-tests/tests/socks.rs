@@ -44,7 +44,19 @@ fn value<'a>(answer: &'a [(String, String)], key: &str) -> Option<&'a str> {
 async fn curl_reaches_http_and_https_targets_through_socks5() {
     let origin = http_origin().await;
     let socks_port = free_port();
-    let tunnel = Tunnel::start_with(|_| {}, |agent| agent.socks_port = Some(socks_port)).await;
+    let tunnel = Tunnel::start_with(
+        |_| {},
+        |agent| {
+            agent.socks_port = Some(socks_port);
+            agent.pac_protocol = fluidity_agent::config::PacProtocol::Socks5;
+        },
+    )
+    .await;
+    // The PAC file offers SOCKS5 first, the HTTP proxy as the fallback.
+    let (code, pac) = curl_status(&[], &format!("http://{}/proxy.pac", tunnel.proxy)).await;
+    assert_eq!(code, 200, "{pac}");
+    let route = format!("SOCKS5 {0}; PROXY {0}", tunnel.proxy);
+    assert!(pac.contains(&route), "{pac}");
     let dir = tempfile::tempdir().unwrap();
     let (secure, ca) = https_origin(dir.path()).await;
     for proxy in [tunnel.proxy.to_string(), format!("127.0.0.1:{socks_port}")] {
