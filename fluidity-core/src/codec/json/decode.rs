@@ -4,8 +4,6 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
@@ -67,7 +65,7 @@ pub(super) fn decode_data_fast(line: &[u8]) -> Option<Decoded> {
     if tail.trim_ascii_end() != b"\"}}" {
         return None;
     }
-    let data = Bytes::from(BASE64.decode(&rest[..end]).ok()?);
+    let data = super::b64::decode(&rest[..end]).ok()?;
     let data = Data { id, data };
     Some(Decoded::Envelope(if is_connect {
         Envelope::ConnectData(data)
@@ -87,10 +85,7 @@ fn id(text: &str) -> std::result::Result<StreamId, String> {
 fn b64(text: Option<String>) -> std::result::Result<Bytes, String> {
     match text {
         None => Ok(Bytes::new()),
-        Some(t) => BASE64
-            .decode(t.as_bytes())
-            .map(Bytes::from)
-            .map_err(|e| format!("bad base64: {e}")),
+        Some(t) => super::b64::decode(t.as_bytes()).map_err(|e| format!("bad base64: {e}")),
     }
 }
 

@@ -2,8 +2,6 @@
 
 use std::fmt::Write as _;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{BufMut, BytesMut};
 
 use crate::envelope::*;
@@ -67,14 +65,7 @@ impl<'a> Obj<'a> {
     pub(super) fn bytes(&mut self, key: &str, value: &[u8]) {
         self.key(key);
         self.dst.put_u8(b'"');
-        let start = self.dst.len();
-        let len = base64::encoded_len(value.len(), true).unwrap_or(0);
-        self.dst.resize(start + len, 0);
-        // The slice is exactly the encoded length, so encoding cannot fail.
-        let written = BASE64
-            .encode_slice(value, &mut self.dst[start..])
-            .unwrap_or(0);
-        self.dst.truncate(start + written);
+        super::b64::encode_into(value, self.dst);
         self.dst.put_u8(b'"');
     }
 

@@ -16,8 +16,6 @@
 //! `body`, then `error`), so the head always precedes the body; a line in another order is
 //! not streamed and stays subject to the whole-line limit.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, BufMut, BytesMut};
 
 use super::super::{Decoded, FrameError};
@@ -246,12 +244,7 @@ fn decode_groups(groups: &[u8], padded: &mut bool, out: &mut BytesMut) -> Result
     if groups.is_empty() {
         return Ok(());
     }
-    let start = out.len();
-    out.resize(start + groups.len() / 4 * 3, 0);
-    let written = BASE64
-        .decode_slice(groups, &mut out[start..])
-        .map_err(|e| format!("the body is not base64: {e}"))?;
-    out.truncate(start + written);
+    super::b64::decode_into(groups, out).map_err(|e| format!("the body is not base64: {e}"))?;
     *padded = groups.last() == Some(&b'=');
     Ok(())
 }
@@ -330,11 +323,11 @@ impl LineOut {
                 self.carried += take;
                 return;
             }
-            encode_into(&group, dst);
+            super::b64::encode_into(&group, dst);
             self.carried = 0;
         }
         let whole = data.len() / 3 * 3;
-        encode_into(&data[..whole], dst);
+        super::b64::encode_into(&data[..whole], dst);
         let rest = &data[whole..];
         self.carry[..rest.len()].copy_from_slice(rest);
         self.carried = rest.len();
@@ -345,7 +338,7 @@ impl LineOut {
     pub(super) fn end(&mut self, aborted: Option<&str>, dst: &mut BytesMut) {
         match aborted {
             None => {
-                encode_into(&self.carry[..self.carried], dst);
+                super::b64::encode_into(&self.carry[..self.carried], dst);
                 dst.extend_from_slice(b"\"}}\n");
             }
             Some(reason) => {
@@ -356,17 +349,6 @@ impl LineOut {
         }
         self.carried = 0;
     }
-}
-
-fn encode_into(data: &[u8], dst: &mut BytesMut) {
-    if data.is_empty() {
-        return;
-    }
-    let start = dst.len();
-    let len = base64::encoded_len(data.len(), true).unwrap_or(0);
-    dst.resize(start + len, 0);
-    let written = BASE64.encode_slice(data, &mut dst[start..]).unwrap_or(0);
-    dst.truncate(start + written);
 }
 
 #[cfg(test)]
@@ -510,7 +492,7 @@ mod tests {
         // `status_code` after the body: the head alone would not say what the response is.
         let text = format!(
             "{{\"type\":\"http_response\",\"payload\":{{\"id\":\"0000000000000001\",\"body\":\"{}\",\"status_code\":201}}}}\n",
-            BASE64.encode(body(150_000))
+            base64_simd::STANDARD.encode_to_string(body(150_000))
         );
         let out = decode_pieces(text.as_bytes(), 10_000, false);
         assert_eq!(out.len(), 1);

@@ -5,6 +5,7 @@
 //! Decoding is tolerant like Go's: unknown keys are ignored, absent keys and `null` take zero
 //! values, unknown types and ill-typed payloads are skipped without closing the connection.
 
+mod b64;
 mod decode;
 mod encode;
 mod line;
