@@ -19,6 +19,7 @@ runs; compare the ratios, which come from one run.
 
   python3 benches/peers/run.py                # installs what is missing, builds, runs
   python3 benches/peers/run.py --seconds 5 --only fluidity,shadowsocks
+  FLUIDITY_BIN_DIR=target/profiling python3 benches/peers/run.py --skip-install
 
 Installs (when missing): iperf3, wrk, socat, nginx-light, stunnel4, tinyproxy, openssl from
 Debian; shadowsocks-rust with `cargo install` into benches/peers/.tools (a release build,
@@ -176,7 +177,8 @@ def start_fluidity(procs, work):
     server_port, proxy_port = free_port(), free_port()
     cache = work / "fluidity"
     cache.mkdir(exist_ok=True)
-    target = ROOT / "target" / "release"
+    # FLUIDITY_BIN_DIR: other builds of the binaries (e.g. target/profiling, for perf).
+    target = Path(os.environ.get("FLUIDITY_BIN_DIR", ROOT / "target" / "release")).resolve()
     # The origins are on loopback, which the server refuses by default.
     env = {"FLUIDITY_EGRESS_DENY": "[]", "RUST_LOG": "warn"}
     procs.start("fluidity-server", [str(target / "fluidity-server"), "--dev",
