@@ -391,6 +391,11 @@ impl Session {
         if stream.recv_fin && !full {
             return self.violation(id, Violation::EndTwice);
         }
+        // Found by the session fuzzer: an end before the answer, then the answer with a body,
+        // delivered data after the end.
+        if stream.phase == Phase::Opening {
+            return self.violation(id, Violation::EndBeforeAnswer);
+        }
         stream.recv_fin = true;
         if full {
             stream.send_closed = true;

@@ -93,6 +93,9 @@ pub enum Violation {
     /// The end of stream, twice.
     #[error("end of stream twice")]
     EndTwice,
+    /// The end of a stream we opened, before the peer answered the open.
+    #[error("end of stream before the answer to the open")]
+    EndBeforeAnswer,
     /// A whole-body HTTP envelope (the Go dialect) on a binary session.
     #[error("a whole-body HTTP envelope on a binary session")]
     WholeBodyOnBinary,

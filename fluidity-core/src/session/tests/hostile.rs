@@ -258,3 +258,42 @@ fn whole_bodies_for_a_go_peer_share_a_connection_budget() {
     assert!(server.is_line_out(b));
     assert_eq!(server.send(c, &body[..mib / 2]).unwrap(), mib / 2);
 }
+
+/// Found by the session fuzzer: a peer that ended a stream before answering its open, then
+/// answered with a body, had that body delivered after the end. The early end now resets the
+/// stream, and the late answer delivers nothing.
+#[test]
+fn an_end_before_the_answer_resets_the_stream() {
+    let now = Instant::now();
+    let mut client = Session::client(CodecKind::Json, config(), now);
+    let id = client
+        .open(Target::Http {
+            method: "GET".into(),
+            url: "http://example.com/".into(),
+            headers: Headers::new(),
+        })
+        .unwrap();
+    let mut input = encode(
+        CodecKind::Json,
+        &[
+            Envelope::BodyEnd(Close { id, error: None }),
+            Envelope::HttpResponse(HttpResponse {
+                id,
+                status_code: 200,
+                headers: Headers::new(),
+                body: Bytes::from_static(b"late"),
+                error: None,
+            }),
+        ],
+    );
+    client.receive(&mut input, now).unwrap();
+    let events: Vec<Event> = std::iter::from_fn(|| client.poll_event()).collect();
+    assert!(
+        events.contains(&Event::Reset {
+            id,
+            error: StreamError::Violation(Violation::EndBeforeAnswer),
+        }),
+        "{events:?}"
+    );
+    assert!(client.recv(id, usize::MAX).is_err());
+}
