@@ -45,6 +45,10 @@ fn session_corpus() {
 #[test]
 fn csr_corpus() {
     replay("csr", fluidity_fuzz::csr);
+    // The seed is signed, so the fuzzer starts on the signing path, not only on refusals.
+    let seed =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/csr/agent")).unwrap();
+    assert!(fluidity_fuzz::sign_csr(&seed));
 }
 
 /// Writes the seed corpora: the Go encoder's golden envelopes (JSON, and the same envelopes
