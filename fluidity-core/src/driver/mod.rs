@@ -159,6 +159,14 @@ impl State {
         }
     }
 
+    /// Ends a reply still awaited for `id` with `error`, and wakes its reader and writer.
+    fn end_waiters(&mut self, id: StreamId, error: StreamError) {
+        if matches!(self.replies.get(&id), Some(ReplyState::Waiting(_))) {
+            self.set_reply(id, Err(error));
+        }
+        self.wake_stream(id, true, true);
+    }
+
     fn wake_stream(&mut self, id: StreamId, read: bool, write: bool) {
         if let Some(w) = self.streams.get_mut(&id) {
             if read {

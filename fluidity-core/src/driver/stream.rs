@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::{Connection, ReplyState, Shared, Wakers};
 use crate::envelope::{RefusalCode, StreamId};
 use crate::error::{Error, Result};
-use crate::session::{Chunk, Recv, Reply, Target};
+use crate::session::{Chunk, Recv, Reply, StreamError, Target};
 
 /// A stream the peer opened, waiting for an answer. Dropping it unanswered refuses it.
 #[derive(Debug)]
@@ -210,6 +210,11 @@ impl StreamHandle {
     pub fn reset(&self, reason: &str) {
         let mut state = self.shared.lock();
         let _ = state.session.reset(self.id, reason);
+        // Our own reset is the answer for whoever still waits on this stream: the session
+        // reports only the peer's resets, and a peer says nothing more about a reset stream.
+        // (Found by the front-door campaign: a request body that failed before the server
+        // answered left the request waiting forever.)
+        state.end_waiters(self.id, StreamError::Reset(reason.to_owned()));
         state.after_app_call();
     }
 }
