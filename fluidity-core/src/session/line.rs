@@ -17,6 +17,7 @@
 //!   arrives ([`Decoded::LineStart`](crate::codec::Decoded)); the body goes to the stream as
 //!   data, under the same backpressure as any Go peer's data (`wants_input`).
 
+use super::send::whole_body_envelope;
 use super::*;
 
 /// The line being written.
@@ -73,7 +74,7 @@ impl Session {
     }
 
     /// Body bytes the output has room for (base64 grows them by a third).
-    fn line_room(&self) -> usize {
+    pub(super) fn line_room(&self) -> usize {
         self.config
             .transmit_high_water
             .saturating_sub(self.transmit.len())
@@ -84,34 +85,11 @@ impl Session {
     /// Makes `id` the line in flight: writes its head and the body held so far.
     fn start_line(&mut self, id: StreamId) -> Result<()> {
         let stream = self.stream_mut(id)?;
-        let envelope = match (stream.legacy_target.take(), stream.legacy_reply.take()) {
-            (
-                Some(Target::Http {
-                    method,
-                    url,
-                    headers,
-                }),
-                _,
-            ) => Envelope::HttpRequest(HttpRequest {
+        let Some(envelope) = whole_body_envelope(stream, id, Bytes::new()) else {
+            return Err(Error::StreamState {
                 id,
-                method,
-                url,
-                headers,
-                body: Bytes::new(),
-            }),
-            (_, Some((status_code, headers))) => Envelope::HttpResponse(HttpResponse {
-                id,
-                status_code,
-                headers,
-                body: Bytes::new(),
-                error: None,
-            }),
-            _ => {
-                return Err(Error::StreamState {
-                    id,
-                    reason: "no request or response head to send the body with",
-                });
-            }
+                reason: "no request or response head to send the body with",
+            });
         };
         let body = stream.legacy_body.split().freeze();
         self.legacy_release(id, body.len());

@@ -11,12 +11,7 @@ impl Session {
         };
         if stream.legacy && stream.kind == Kind::Http {
             if self.is_line_out(id) {
-                return self
-                    .config
-                    .transmit_high_water
-                    .saturating_sub(self.transmit.len())
-                    / 4
-                    * 3;
+                return self.line_room();
             }
             let held = stream.legacy_body.len();
             return self
@@ -216,30 +211,10 @@ impl Session {
                 let body = stream.legacy_body.split().freeze();
                 self.legacy_release(id, held);
                 let stream = self.stream_mut(id)?;
-                match (stream.legacy_target.take(), stream.legacy_reply.take()) {
-                    (
-                        Some(Target::Http {
-                            method,
-                            url,
-                            headers,
-                        }),
-                        _,
-                    ) => Envelope::HttpRequest(HttpRequest {
-                        id,
-                        method,
-                        url,
-                        headers,
-                        body,
-                    }),
-                    (_, Some((status_code, headers))) => Envelope::HttpResponse(HttpResponse {
-                        id,
-                        status_code,
-                        headers,
-                        body,
-                        error: None,
-                    }),
-                    _ => return Ok(()),
-                }
+                let Some(envelope) = whole_body_envelope(stream, id, body) else {
+                    return Ok(());
+                };
+                envelope
             }
             (Kind::Http, false) => Envelope::BodyEnd(Close { id, error: None }),
             (Kind::Connect, true) => Envelope::ConnectClose(Close { id, error: None }),
@@ -334,5 +309,38 @@ impl Session {
             // Client: nothing sent yet, or the Go server answers once anyway (dropped on arrival).
             Kind::Http => {}
         }
+    }
+}
+
+/// The one envelope that carries a Go peer's whole HTTP message: the request or response
+/// head `stream` still holds, with `body`. `None` once the head has gone out.
+pub(super) fn whole_body_envelope(
+    stream: &mut Stream,
+    id: StreamId,
+    body: Bytes,
+) -> Option<Envelope> {
+    match (stream.legacy_target.take(), stream.legacy_reply.take()) {
+        (
+            Some(Target::Http {
+                method,
+                url,
+                headers,
+            }),
+            _,
+        ) => Some(Envelope::HttpRequest(HttpRequest {
+            id,
+            method,
+            url,
+            headers,
+            body,
+        })),
+        (_, Some((status_code, headers))) => Some(Envelope::HttpResponse(HttpResponse {
+            id,
+            status_code,
+            headers,
+            body,
+            error: None,
+        })),
+        _ => None,
     }
 }
