@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use fluidity_core::config::load;
-use fluidity_server::credentials::{DEV_ARN, default_dev_dir};
+use fluidity_server::credentials::dev_identity_defaults;
 use fluidity_server::{Server, ServerConfig};
 use tokio::sync::oneshot;
 
@@ -32,13 +32,7 @@ impl Drop for EmbeddedServer {
 /// The embedded server reads its own settings from `FLUIDITY_<KEY>` variables (for example
 /// `FLUIDITY_EGRESS_DENY=[]` to let it reach loopback targets).
 pub async fn prepare(config: &mut AgentConfig) -> Result<Option<EmbeddedServer>, Error> {
-    let certificates = &mut config.certificates;
-    let dir = certificates
-        .cache_dir
-        .get_or_insert_with(default_dev_dir)
-        .clone();
-    certificates.ca_dir.get_or_insert_with(|| dir.join("ca"));
-    config.server_arn.get_or_insert_with(|| DEV_ARN.to_owned());
+    let dir = dev_identity_defaults(&mut config.certificates, &mut config.server_arn);
     if config.server.is_some() || config.server_ip.is_some() {
         return Ok(None);
     }

@@ -28,14 +28,23 @@ pub fn default_dev_dir() -> PathBuf {
 
 /// Applies `--dev` defaults to what the config leaves open.
 pub fn apply_dev_defaults(config: &mut ServerConfig) {
-    let certificates = &mut config.certificates;
+    let _ = dev_identity_defaults(&mut config.certificates, &mut config.server_arn);
+    config.server_ip.get_or_insert(IpAddr::from([127, 0, 0, 1]));
+}
+
+/// What development mode means on both sides, where the config leaves it open: the cache
+/// directory, the local CA inside it, and the development ARN. Returns the cache directory.
+pub fn dev_identity_defaults(
+    certificates: &mut fluidity_core::config::CertificateSettings,
+    server_arn: &mut Option<String>,
+) -> PathBuf {
     let dir = certificates
         .cache_dir
         .get_or_insert_with(default_dev_dir)
         .clone();
     certificates.ca_dir.get_or_insert_with(|| dir.join("ca"));
-    config.server_arn.get_or_insert_with(|| DEV_ARN.to_owned());
-    config.server_ip.get_or_insert(IpAddr::from([127, 0, 0, 1]));
+    server_arn.get_or_insert_with(|| DEV_ARN.to_owned());
+    dir
 }
 
 /// The CA service as a `CertIssuer`: SigV4-signed calls (with the task role on ECS).
