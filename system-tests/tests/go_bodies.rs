@@ -38,19 +38,7 @@ fn mib_per_second(bytes: u64, elapsed: Duration) -> f64 {
 async fn a_go_agent_moves_256_mib_each_way_through_the_server_in_bounded_memory() {
     let origin = http_origin().await;
     let dir = tempfile::tempdir().unwrap();
-    let (server, port) = start_server_process(dir.path(), &[]).await;
-    let stream = go_agent_tls(
-        &dir.path().join("ca"),
-        ([127, 0, 0, 1], port).into(),
-        DEV_ARN,
-        fluidity_core::pki::KeyAlgorithm::EcdsaP256,
-    )
-    .await;
-    let (read, mut write) = tokio::io::split(stream);
-    let mut read = BufReader::with_capacity(256 * 1024, read);
-    write.write_all(IAM).await.unwrap();
-    let answer = read_streamed_line(&mut read).await;
-    assert!(answer.head.contains("iam_auth_response"), "{answer:?}");
+    let (server, mut read, mut write) = go_agent_session(dir.path()).await;
     let expected = pattern_checksum(SIZE);
 
     let started = Instant::now();
@@ -97,18 +85,7 @@ async fn a_go_agent_moves_256_mib_each_way_through_the_server_in_bounded_memory(
 async fn a_target_failing_mid_body_gives_a_go_agent_a_502_not_a_short_body() {
     let origin = http_origin().await;
     let dir = tempfile::tempdir().unwrap();
-    let (_server, port) = start_server_process(dir.path(), &[]).await;
-    let stream = go_agent_tls(
-        &dir.path().join("ca"),
-        ([127, 0, 0, 1], port).into(),
-        DEV_ARN,
-        fluidity_core::pki::KeyAlgorithm::EcdsaP256,
-    )
-    .await;
-    let (read, mut write) = tokio::io::split(stream);
-    let mut read = BufReader::new(read);
-    write.write_all(IAM).await.unwrap();
-    read_streamed_line(&mut read).await;
+    let (_server, mut read, mut write) = go_agent_session(dir.path()).await;
     // 8 MiB announced, 4 MiB sent: past the 1 MiB line threshold, so the body streams.
     write
         .write_all(format!("{{\"type\":\"http_request\",\"payload\":{{\"id\":\"00000000000000b1\",\"method\":\"GET\",\"url\":\"http://{origin}/broken/{}\",\"headers\":{{}}}}}}\n", 8 << 20).as_bytes())
@@ -198,6 +175,33 @@ async fn the_agent_moves_256_mib_each_way_through_a_go_server_in_bounded_memory(
         rss
     );
     assert!(rss < RSS_LIMIT_KIB, "the agent's peak RSS was {rss} KiB");
+}
+
+type GoAgentStream = tokio_rustls::TlsStream<tokio::net::TcpStream>;
+
+/// A Go-format agent's session with a `fluidity-server` process started in `dir`: mutual TLS
+/// up, the IAM exchange done. Returns the server process and both halves of the session.
+async fn go_agent_session(
+    dir: &std::path::Path,
+) -> (
+    tokio::process::Child,
+    BufReader<tokio::io::ReadHalf<GoAgentStream>>,
+    tokio::io::WriteHalf<GoAgentStream>,
+) {
+    let (server, port) = start_server_process(dir, &[]).await;
+    let stream = go_agent_tls(
+        &dir.join("ca"),
+        ([127, 0, 0, 1], port).into(),
+        DEV_ARN,
+        fluidity_core::pki::KeyAlgorithm::EcdsaP256,
+    )
+    .await;
+    let (read, mut write) = tokio::io::split(stream);
+    let mut read = BufReader::with_capacity(256 * 1024, read);
+    write.write_all(IAM).await.unwrap();
+    let answer = read_streamed_line(&mut read).await;
+    assert!(answer.head.contains("iam_auth_response"), "{answer:?}");
+    (server, read, write)
 }
 
 /// The body of a small `http_response` line.
