@@ -25,10 +25,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use support::Tunnel;
+use support::{IN_NAMESPACE, Tunnel};
 
-/// Set in the namespace, for the inner test.
-const IN_NAMESPACE: &str = "FLUIDITY_TEST_IN_NETNS";
 /// The origin's name (only the namespace's `/etc/hosts` knows it).
 const ORIGIN: &str = "origin.test";
 
@@ -44,25 +42,11 @@ fn chromium_loads_https_and_a_websocket_through_socks5() {
         format!("127.0.0.1 localhost {ORIGIN}\n::1 localhost\n"),
     )
     .unwrap();
-    let output = std::process::Command::new("unshare")
-        .args(["--net", "--mount", "--", "sh", "-c"])
-        .arg(
-            "set -e; ip link set lo up; mount --bind \"$1\" /etc/hosts; \
-             exec \"$2\" --exact in_namespace_chromium_loads_https_and_a_websocket_through_socks5 \
-             --ignored --nocapture",
-        )
-        .arg("sh")
-        .arg(&hosts)
-        .arg(std::env::current_exe().unwrap())
-        .env(IN_NAMESPACE, &chromium)
-        .output()
-        .expect("unshare (util-linux) must be installed");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "the browser test failed inside its namespace (it needs root for unshare):\n\
-         {stdout}\n{stderr}"
+    support::run_in_network_namespace(
+        "in_namespace_chromium_loads_https_and_a_websocket_through_socks5",
+        "mount --bind \"$1\" /etc/hosts",
+        &[hosts.as_os_str()],
+        chromium.as_ref(),
     );
 }
 

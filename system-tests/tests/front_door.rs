@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{binary, curl_status, free_port, wait_for_port};
+use support::{IN_NAMESPACE, binary, curl_status, free_port, wait_for_port};
 
-const IN_NAMESPACE: &str = "FLUIDITY_TEST_IN_NETNS";
 /// Connections per run (the seed varies per run; failures print it).
 const CASES: usize = 5000;
 /// An answer or a close must come within this (the proxy's own header deadline is 10 s;
@@ -28,22 +27,11 @@ const DEADLINE: Duration = Duration::from_secs(12);
 
 #[test]
 fn arbitrary_bytes_on_the_proxy_port_never_panic_or_hang() {
-    let output = std::process::Command::new("unshare")
-        .args(["--net", "--", "sh", "-c"])
-        .arg(
-            "set -e; ip link set lo up; exec \"$1\" --exact \
-             in_namespace_arbitrary_bytes_on_the_proxy_port --ignored --nocapture",
-        )
-        .arg("sh")
-        .arg(std::env::current_exe().unwrap())
-        .env(IN_NAMESPACE, "1")
-        .output()
-        .expect("unshare (util-linux) must be installed");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "the campaign failed inside its namespace (it needs root for unshare):\n{stdout}\n{stderr}"
+    support::run_in_network_namespace(
+        "in_namespace_arbitrary_bytes_on_the_proxy_port",
+        "",
+        &[],
+        "1".as_ref(),
     );
 }
 

@@ -119,17 +119,15 @@ impl TlsAcceptor {
     }
 
     /// Runs the server handshake on an accepted stream from `peer`, within the deadline.
+    /// Failures are returned, not logged: on an open port most are strangers' (silence,
+    /// garbage), and only the caller knows how loudly to report them.
     pub async fn accept<S>(&self, stream: S, peer: SocketAddr) -> Result<Established<TlsStream<S>>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let result = tokio::time::timeout(self.handshake_timeout, self.accept_inner(stream, peer))
+        tokio::time::timeout(self.handshake_timeout, self.accept_inner(stream, peer))
             .await
-            .unwrap_or(Err(Error::Timeout("TLS handshake", self.handshake_timeout)));
-        if let Err(e) = &result {
-            tracing::warn!(%peer, error = %e, "tunnel handshake failed");
-        }
-        result
+            .unwrap_or(Err(Error::Timeout("TLS handshake", self.handshake_timeout)))
     }
 
     async fn accept_inner<S>(

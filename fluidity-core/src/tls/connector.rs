@@ -100,10 +100,7 @@ impl TlsConnector {
             .map_err(|_| Error::Timeout("TLS handshake", self.handshake_timeout))
             .and_then(|r| {
                 r.map_err(|e| handshake_error(format!("TLS handshake with {dialled}"), e))
-            })
-            .inspect_err(
-                |e| tracing::warn!(server = %dialled, error = %e, "tunnel handshake failed"),
-            )?;
+            })?;
         let codec = CodecKind::from_alpn(stream.get_ref().1.alpn_protocol());
         Ok(Established {
             stream: TlsStream::Client(stream),
