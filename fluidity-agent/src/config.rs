@@ -86,6 +86,9 @@ pub struct AgentConfig {
     /// Most proxy client connections served at once; beyond it new ones wait in the listen
     /// backlog (default 1024).
     pub max_clients: usize,
+    /// Most streams open at once on the tunnel; a client beyond it gets 503 (default 1024).
+    /// The server has its own limit.
+    pub max_streams: usize,
     /// A client's request head must arrive within this (default 10 s): slow-loris clients
     /// are closed.
     #[serde(with = "duration")]
@@ -128,6 +131,7 @@ impl Default for AgentConfig {
             proxy_auth: None,
             upstream_proxy: None,
             max_clients: 1024,
+            max_streams: 1024,
             header_read_timeout: Duration::from_secs(10),
             reconnect_wait: Duration::from_secs(30),
             dead_server_timeout: Duration::from_secs(30),
@@ -187,6 +191,7 @@ impl ConfigKeys for AgentConfig {
         "proxy_auth",
         "upstream_proxy",
         "max_clients",
+        "max_streams",
         "header_read_timeout",
         "reconnect_wait",
         "dead_server_timeout",

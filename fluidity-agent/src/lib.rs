@@ -30,7 +30,7 @@ use fluidity_core::pki::{CredentialSource, root_store_file};
 use fluidity_core::tls::{ClientIdentity, TlsClient, WebSocketClient, WebSocketTransport};
 use fluidity_core::transport::{HttpProxy, Route, TransportKind};
 use fluidity_core::{
-    CertIssuer, ServerInfo, ServerLocator, StaticLocator, TlsTransport, Transport,
+    CertIssuer, ServerInfo, ServerLocator, SessionConfig, StaticLocator, TlsTransport, Transport,
 };
 use tokio::net::TcpListener;
 
@@ -135,7 +135,12 @@ impl Agent {
             locator.clone(),
             transport,
             config.reconnect_wait,
-            config.dead_server_timeout,
+            SessionConfig {
+                idle_timeout: config.dead_server_timeout,
+                heartbeat_interval: config.dead_server_timeout / 3,
+                max_streams: config.max_streams,
+                ..SessionConfig::default()
+            },
         );
         let proxy = Arc::new(proxy::Proxy::new(
             tunnel,

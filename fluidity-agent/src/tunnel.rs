@@ -95,22 +95,19 @@ impl Drop for Tunnel {
 }
 
 impl Tunnel {
-    /// Starts maintaining a tunnel through `transport` to the server `locator` finds.
+    /// Starts maintaining a tunnel through `transport` to the server `locator` finds, each
+    /// connection with the `session` settings.
     pub fn start<T: Transport>(
         locator: Arc<dyn ServerLocator>,
         transport: T,
         reconnect_wait: Duration,
-        dead_server_timeout: Duration,
+        session: SessionConfig,
     ) -> Self {
         let (sender, state) = watch::channel(State::Down(None));
         let dialer = Dialer {
             locator,
             transport,
-            session: SessionConfig {
-                idle_timeout: dead_server_timeout,
-                heartbeat_interval: dead_server_timeout / 3,
-                ..SessionConfig::default()
-            },
+            session,
         };
         let task = tokio::spawn(maintain(dialer, sender));
         Tunnel {

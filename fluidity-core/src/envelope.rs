@@ -128,9 +128,12 @@ impl Ack {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum RefusalCode {
-    /// Anything else (a bad address, a server shutting down, an old peer that sent no code).
+    /// Anything else (a bad address, an old peer that sent no code).
     #[default]
     Other,
+    /// The peer cannot take the stream now: it has as many open as it allows, or it is
+    /// shutting down (`unavailable`). Nothing is known to be wrong with the target.
+    Unavailable,
     /// The server's egress policy forbids the target (`denied`).
     Denied,
     /// No route to the target's network (`network_unreachable`).
@@ -148,6 +151,7 @@ impl RefusalCode {
     pub fn as_str(self) -> &'static str {
         match self {
             RefusalCode::Other => "other",
+            RefusalCode::Unavailable => "unavailable",
             RefusalCode::Denied => "denied",
             RefusalCode::NetworkUnreachable => "network_unreachable",
             RefusalCode::HostUnreachable => "host_unreachable",
@@ -159,6 +163,7 @@ impl RefusalCode {
     /// From a wire name (unknown names, from newer peers, are `Other`).
     pub fn from_wire(name: &str) -> Self {
         match name {
+            "unavailable" => RefusalCode::Unavailable,
             "denied" => RefusalCode::Denied,
             "network_unreachable" => RefusalCode::NetworkUnreachable,
             "host_unreachable" => RefusalCode::HostUnreachable,

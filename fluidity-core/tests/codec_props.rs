@@ -151,6 +151,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
 fn refusal() -> impl Strategy<Value = Option<RefusalCode>> {
     proptest::option::of(prop_oneof![
         Just(RefusalCode::Other),
+        Just(RefusalCode::Unavailable),
         Just(RefusalCode::Denied),
         Just(RefusalCode::NetworkUnreachable),
         Just(RefusalCode::HostUnreachable),

@@ -65,6 +65,7 @@ impl Server {
             session: SessionConfig {
                 idle_timeout: self.config.dead_agent_timeout,
                 heartbeat_interval: self.config.dead_agent_timeout / 3,
+                max_streams: self.config.max_streams,
                 ..SessionConfig::default()
             },
             slots: Arc::new(Semaphore::new(self.config.max_connections)),
@@ -201,7 +202,7 @@ async fn tunnel<T: Transport>(
             }
             tokio::select! {
                 incoming = connection.accept() => match incoming {
-                    Some(incoming) => { let _ = incoming.refuse(RefusalCode::Other, "server shutting down"); }
+                    Some(incoming) => { let _ = incoming.refuse(RefusalCode::Unavailable, "server shutting down"); }
                     None => break,
                 },
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}

@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// Most handshakes in flight from one source address (an IPv6 /64 counts as one);
     /// further connections from it are closed at once (default 8).
     pub max_handshakes_per_ip: usize,
+    /// Most streams open at once on one tunnel; the agent's next open is refused (default
+    /// 1024). Each open stream holds an upstream connection and a file descriptor.
+    pub max_streams: usize,
     /// `error`, `warn`, `info` (default), `debug` or `trace`.
     pub log_level: String,
 
@@ -99,6 +102,7 @@ impl Default for ServerConfig {
             max_connections: 100,
             max_handshakes: 256,
             max_handshakes_per_ip: 8,
+            max_streams: 1024,
             log_level: "info".into(),
             certificates: CertificateSettings::default(),
             server_arn: None,
@@ -128,6 +132,7 @@ impl ConfigKeys for ServerConfig {
         "max_connections",
         "max_handshakes",
         "max_handshakes_per_ip",
+        "max_streams",
         "log_level",
         "server_arn",
         "server_ip",

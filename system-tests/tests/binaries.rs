@@ -10,36 +10,14 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_port, http_origin, pattern_slice, peak_rss_kib, start_server_process, wait_for_port,
+    free_port, http_origin, pattern_slice, peak_rss_kib, start_pair, start_server_process,
+    wait_for_port,
 };
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 fn agent_binary() -> PathBuf {
     support::binary("fluidity-agent")
-}
-
-/// `fluidity-server --dev` and `fluidity-agent --dev --server` as two processes sharing `dir`,
-/// each with extra environment; returns them and the server and proxy ports once both listen.
-async fn start_pair(
-    dir: &std::path::Path,
-    server_env: &[(&str, &str)],
-    agent_env: &[(&str, &str)],
-) -> (Child, Child, u16, u16) {
-    let (server, server_port) = start_server_process(dir, server_env).await;
-    let proxy_port = free_port();
-    let mut agent = Command::new(agent_binary())
-        .args(["--dev", "--server", &format!("127.0.0.1:{server_port}")])
-        .args(["--local-proxy-port", &proxy_port.to_string(), "--cache-dir"])
-        .arg(dir)
-        .envs(agent_env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_for_port(proxy_port, &mut agent, "fluidity-agent").await;
-    (server, agent, server_port, proxy_port)
 }
 
 async fn get_through(proxy_port: u16, url: &str) -> (bool, Vec<u8>, String) {

@@ -488,6 +488,56 @@ async fn the_server_refuses_tunnels_beyond_max_connections(carrier: Carrier) {
     assert_eq!(body, b"hello from origin");
 }
 
+/// With two streams held open and either side's `max_streams` at 2, further requests get 503
+/// with the reason, and those refusals do not trip the host's breaker (5 failures would):
+/// once a stream closes, the host works again.
+async fn streams_beyond_either_stream_limit_get_503_not_a_broken_host(carrier: Carrier) {
+    let origin = http_origin().await;
+    let url = format!("http://{origin}/hello");
+    for (server_limit, agent_limit, side) in [(2, 1024, "server"), (1024, 2, "agent")] {
+        let tunnel = Tunnel::start_on_with(
+            carrier,
+            move |server| server.max_streams = server_limit,
+            move |agent| agent.max_streams = agent_limit,
+        )
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(tunnel.proxy).await.unwrap();
+            stream
+                .write_all(
+                    format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes(),
+                )
+                .await
+                .unwrap();
+            let head = read_head(&mut stream).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            held.push(stream);
+        }
+        for _ in 0..6 {
+            let (code, body) = curl_status(&["-x", &tunnel.proxy_url()], &url).await;
+            assert_eq!(code, 503, "{side} limit: {body}");
+            assert!(
+                body.contains("too many concurrent streams"),
+                "{side} limit: {body}"
+            );
+        }
+        drop(held);
+        let started = Instant::now();
+        loop {
+            let (code, body) = curl_status(&["-x", &tunnel.proxy_url()], &url).await;
+            if code == 200 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{side} limit: still {code} after the streams closed: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 on_both_transports!(
     curl_get_through_the_proxy,
     curl_post_of_20_mib_arrives_intact,
@@ -504,4 +554,5 @@ on_both_transports!(
     a_stalled_connect_reader_does_not_slow_another_download,
     random_bytes_to_the_server_do_not_disturb_other_tunnels,
     the_server_refuses_tunnels_beyond_max_connections,
+    streams_beyond_either_stream_limit_get_503_not_a_broken_host,
 );

@@ -12,7 +12,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
-use super::{Body, Proxy, bad_gateway, refused, tunnel_for};
+use super::{Body, OpenError, Proxy, bad_gateway, record_refusal, refused, tunnel_for};
 
 pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
     let (parts, mut body) = request.into_parts();
@@ -35,7 +35,7 @@ pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Respons
         headers,
     }) {
         Ok(stream) => stream,
-        Err(e) => return bad_gateway(&host, &e.to_string()),
+        Err(e) => return OpenError::Failed(e).response(&host),
     };
     let (reader, mut writer) = stream.into_split();
     let upload = tokio::spawn(async move {
@@ -67,7 +67,7 @@ pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Respons
         Ok(other) => return bad_gateway(&host, &format!("unexpected reply {other:?}")),
         Err(ref e) if let Some(refusal) = e.refusal() => {
             upload.abort();
-            proxy.breakers.record(&host, false);
+            record_refusal(proxy, &host, refusal);
             return refused(&host, refusal);
         }
         Err(e) => {

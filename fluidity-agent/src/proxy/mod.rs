@@ -201,8 +201,23 @@ impl OpenError {
             ),
             OpenError::Tunnel(e) => bad_gateway(host, &e.to_string()),
             OpenError::Refused(refusal) => refused(host, refusal),
+            OpenError::Failed(e @ fluidity_core::Error::TooManyStreams(_)) => {
+                tracing::info!(target_host = host, reason = %e, "503");
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("fluidity: {host}: {e}\n"),
+                )
+            }
             OpenError::Failed(e) => bad_gateway(host, &e.to_string()),
         }
+    }
+}
+
+/// Records a refusal in `host`'s breaker, unless it says nothing about the host (the server
+/// was too busy to try it).
+pub(crate) fn record_refusal(proxy: &Proxy, host: &str, refusal: &Refusal) {
+    if refusal.code != RefusalCode::Unavailable {
+        proxy.breakers.record(host, false);
     }
 }
 
@@ -229,7 +244,7 @@ pub(crate) async fn open_connect(
             Ok(stream)
         }
         Err(ref e) if let Some(refusal) = e.refusal() => {
-            proxy.breakers.record(host, false);
+            record_refusal(proxy, host, refusal);
             Err(OpenError::Refused(refusal.clone()))
         }
         Err(e) => Err(OpenError::Failed(e)),
@@ -248,10 +263,11 @@ pub(crate) fn text(status: StatusCode, message: impl Into<String>) -> Response<B
 }
 
 /// The answer to a stream the server refused: 403 when its egress policy forbids the target
-/// (as a filtering proxy answers), 504 when the target did not answer in time, else 502;
-/// always with the server's reason.
+/// (as a filtering proxy answers), 504 when the target did not answer in time, 503 when the
+/// server could take no more streams, else 502; always with the server's reason.
 pub(crate) fn refused(host: &str, refusal: &Refusal) -> Response<Body> {
     let status = match refusal.code {
+        RefusalCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         RefusalCode::Denied => StatusCode::FORBIDDEN,
         RefusalCode::TimedOut => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,

@@ -291,7 +291,7 @@ impl Session {
         }
         if self.streams.len() >= self.config.max_streams {
             let reason = Error::TooManyStreams(self.config.max_streams).to_string();
-            self.send_refusal(id, target.kind(), legacy, RefusalCode::Other, &reason);
+            self.send_refusal(id, target.kind(), legacy, RefusalCode::Unavailable, &reason);
             return false;
         }
         self.recently_closed.remove(&id);

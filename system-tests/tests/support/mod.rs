@@ -623,6 +623,29 @@ pub async fn start_server_process(
     (server, port)
 }
 
+/// `fluidity-server --dev` and `fluidity-agent --dev --server` as two processes sharing `dir`,
+/// each with extra environment; returns them and the server and proxy ports once both listen.
+pub async fn start_pair(
+    dir: &std::path::Path,
+    server_env: &[(&str, &str)],
+    agent_env: &[(&str, &str)],
+) -> (tokio::process::Child, tokio::process::Child, u16, u16) {
+    let (server, server_port) = start_server_process(dir, server_env).await;
+    let proxy_port = free_port();
+    let mut agent = tokio::process::Command::new(binary("fluidity-agent"))
+        .args(["--dev", "--server", &format!("127.0.0.1:{server_port}")])
+        .args(["--local-proxy-port", &proxy_port.to_string(), "--cache-dir"])
+        .arg(dir)
+        .envs(agent_env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(proxy_port, &mut agent, "fluidity-agent").await;
+    (server, agent, server_port, proxy_port)
+}
+
 /// A `/proc/<pid>/status` memory field (`VmRSS`, `VmHWM`), KiB.
 pub fn proc_memory_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
