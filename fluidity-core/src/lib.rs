@@ -68,7 +68,7 @@ pub use issue::{CertIssuer, FnIssuer, IssuedCertificate};
 #[cfg(feature = "runtime")]
 pub use locate::{ServerInfo, ServerLocator, StaticLocator};
 pub use session::{
-    Chunk, CloseReason, Event, Recv, Refusal, Reply, Role, Session, SessionConfig, StreamError,
+    Buffered, Chunk, CloseReason, Event, Recv, Refusal, Reply, Role, Session, SessionConfig, StreamError,
     Target, Violation,
 };
 #[cfg(feature = "tls")]

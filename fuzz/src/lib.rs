@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use fluidity_core::envelope::*;
 use fluidity_core::{
-    CodecKind, Event, Recv, RefusalCode, Reply, Session, SessionConfig, StreamError, Target,
+    CloseReason, CodecKind, Event, Recv, RefusalCode, Reply, Session, SessionConfig, StreamError,
+    Target,
 };
 
 /// Decoder inputs above this are ignored: lines longer than the JSON codec's streaming
@@ -124,12 +125,15 @@ const CA_CERT: &str = include_str!("../ca/ca.crt");
 const CA_KEY: &str = include_str!("../ca/ca.key");
 
 /// A session (either role, either codec) fed a sequence of the peer's envelopes, raw bytes,
-/// clock ticks and application calls, decoded from the input. Checks: no panic; nothing is
+/// clock ticks and application calls, decoded from the input, by a driver that reads only
+/// while the session wants input (as the real one does). Checks: no panic; nothing is
 /// delivered after a stream's end; the bytes a stream delivers follow one another as the peer
 /// sent them (each data envelope carries the next bytes of a per-stream pattern, so a
 /// reordering, a duplicate or a hole after the first delivered byte shows; where a stream
 /// starts in the pattern is not checked, since the session may rightly refuse data sent
-/// before a stream existed or after an id was reused).
+/// before a stream existed or after an id was reused); after every step, what the session
+/// holds is within its configured bounds ([`fluidity_core::Buffered`]); a stream is refused
+/// or reset at most once; and once the session closes, every stream has ended.
 pub fn session(data: &[u8]) {
     let mut input = Input(data);
     let Some(mode) = input.byte() else {
@@ -154,9 +158,9 @@ pub fn session(data: &[u8]) {
     };
     let mut now = Instant::now();
     let mut session = if mode & 2 == 0 {
-        Session::client(codec, config, now)
+        Session::client(codec, config.clone(), now)
     } else {
-        Session::server(codec, config, now)
+        Session::server(codec, config.clone(), now)
     };
     let mut peer = codec.new_codec(FRAME_LIMIT);
     let mut wire = BytesMut::new();
@@ -164,6 +168,7 @@ pub fn session(data: &[u8]) {
     let mut delivered: HashMap<u64, Option<u64>> = HashMap::new();
     let mut ended: HashMap<u64, bool> = HashMap::new();
     let mut opened: Vec<StreamId> = Vec::new();
+    let mut terminal: HashMap<u64, u32> = HashMap::new();
     let mut steps = 0;
     while let Some(op) = input.byte() {
         steps += 1;
@@ -176,12 +181,16 @@ pub fn session(data: &[u8]) {
                 if peer.encode(&envelope, &mut wire).is_err() {
                     continue;
                 }
-                let _ = session.receive(&mut wire, now);
+                if session.wants_input() {
+                    let _ = session.receive(&mut wire, now);
+                }
             }
             4 => {
                 let len = usize::from(input.byte().unwrap_or(0));
                 wire.extend_from_slice(input.take(len));
-                let _ = session.receive(&mut wire, now);
+                if session.wants_input() {
+                    let _ = session.receive(&mut wire, now);
+                }
             }
             5 => {
                 now += Duration::from_millis(u64::from(input.byte().unwrap_or(0)) * 200);
@@ -208,6 +217,7 @@ pub fn session(data: &[u8]) {
                     opened.push(id);
                     delivered.insert(id.0, None);
                     ended.insert(id.0, false);
+                    terminal.insert(id.0, 0);
                 }
             }
             7 => {
@@ -239,6 +249,7 @@ pub fn session(data: &[u8]) {
                     // A new stream (perhaps on a reused id): its tracking starts afresh.
                     delivered.insert(id.0, None);
                     ended.insert(id.0, false);
+                    terminal.insert(id.0, 0);
                     let reply = match target {
                         Target::Connect { .. } => Reply::Connect,
                         Target::WebSocket { .. } => Reply::WebSocket,
@@ -252,17 +263,66 @@ pub fn session(data: &[u8]) {
                 Event::Readable(id) | Event::Accepted { id, .. } => {
                     read_all(&mut session, id, &mut delivered, &mut ended);
                 }
-                // What a reset stream still holds must be in order too.
-                Event::Reset { id, error } if !matches!(error, StreamError::Refused(_)) => {
-                    read_all(&mut session, id, &mut delivered, &mut ended);
+                Event::Reset { id, error } => {
+                    count_terminal(&mut terminal, id);
+                    // What a reset stream still holds must be in order too.
+                    if !matches!(error, StreamError::Refused(_)) {
+                        read_all(&mut session, id, &mut delivered, &mut ended);
+                    }
                 }
+                Event::Refused { id, .. } => count_terminal(&mut terminal, id),
                 _ => {}
             }
         }
+        check_bounds(&session, &config);
     }
     for id in opened.clone() {
         read_all(&mut session, id, &mut delivered, &mut ended);
     }
+    // Once the session closes, no stream may be left waiting.
+    session.close(CloseReason::Local("the script ended".into()));
+    while session.poll_event().is_some() {}
+    for id in opened {
+        read_all(&mut session, id, &mut delivered, &mut ended);
+        assert!(
+            !matches!(session.recv(id, usize::MAX), Ok(Recv::Pending)),
+            "{id}: still pending after the session closed"
+        );
+    }
+}
+
+/// Counts a stream's refusal or reset: there may be one per stream (per use of its id).
+fn count_terminal(terminal: &mut HashMap<u64, u32>, id: StreamId) {
+    if let Some(count) = terminal.get_mut(&id.0) {
+        *count += 1;
+        assert!(*count <= 1, "{id}: refused or reset twice");
+    }
+}
+
+/// What the session holds is within the bounds its configuration sets.
+fn check_bounds(session: &Session, config: &SessionConfig) {
+    let held = session.buffered();
+    let output_limit = config.transmit_high_water + config.max_chunk + 64 * 1024;
+    assert!(
+        held.largest_credited <= config.initial_window as usize,
+        "a stream holds more than its window: {held:?}"
+    );
+    assert!(
+        held.credited <= config.connection_window as usize,
+        "the streams hold more than the connection window: {held:?}"
+    );
+    assert!(
+        held.uncredited <= config.connection_window as usize + config.max_frame_size,
+        "a Go peer's unread data passed the connection window: {held:?}"
+    );
+    assert!(
+        held.bodies <= config.max_legacy_buffered + config.legacy_line_threshold,
+        "held bodies passed their budget: {held:?}"
+    );
+    assert!(
+        held.output <= output_limit + config.max_frame_size,
+        "the output grew past its limit: {held:?}"
+    );
 }
 
 /// Reads everything `id` has; checks order against the pattern and that the end comes once.

@@ -47,6 +47,26 @@ pub use reason::{CloseReason, Refusal, StreamError, Violation};
 pub use stream::{Chunk, Reply, Target};
 use stream::{Kind, Phase, Stream};
 
+/// What a [`Session`] holds, from [`Session::buffered`], with the bound each part keeps
+/// (given a driver that reads input only while [`Session::wants_input`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Buffered {
+    /// Unread data of streams with flow control, all together: within `connection_window`.
+    pub credited: usize,
+    /// The most unread data one of those streams holds: within `initial_window`.
+    pub largest_credited: usize,
+    /// Unread data of a peer without flow control (Go): input stops once it reaches
+    /// `connection_window`, so it stays within that plus one frame.
+    pub uncredited: usize,
+    /// Request or response bodies held to send whole to a Go peer: within
+    /// `max_legacy_buffered`, plus the body of the stream that started first (which may
+    /// always finish, and is at most `legacy_line_threshold`; larger bodies stream).
+    pub bodies: usize,
+    /// Output not yet taken by [`Session::poll_transmit`]: writers stop at
+    /// `transmit_high_water` plus one chunk, and input stops a little beyond that.
+    pub output: usize,
+}
+
 /// Which end of the tunnel this session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -257,6 +277,24 @@ impl Session {
     /// Number of streams in the table (open, or dead but not yet released).
     pub fn stream_count(&self) -> usize {
         self.streams.len()
+    }
+
+    /// What the session holds in memory now (see [`Buffered`] for the bound of each part).
+    pub fn buffered(&self) -> Buffered {
+        let mut held = Buffered {
+            output: self.transmit.len() + self.deferred.len(),
+            ..Buffered::default()
+        };
+        for stream in self.streams.values() {
+            if stream.legacy {
+                held.uncredited += stream.recv_buffered;
+                held.bodies += stream.legacy_body.len();
+            } else {
+                held.credited += stream.recv_buffered;
+                held.largest_credited = held.largest_credited.max(stream.recv_buffered);
+            }
+        }
+        held
     }
 
     pub(super) fn peer_has(&self, cap: &str) -> bool {
