@@ -111,4 +111,97 @@ fn write_seeds() {
     for (i, script) in scripts.iter().enumerate() {
         std::fs::write(root.join(format!("session/script-{i}")), script).unwrap();
     }
+    // Recorded sessions: the bytes each side of a real exchange sends (hello, a CONNECT with
+    // data both ways and a half-close, an HTTP request with a streamed response), as decoder
+    // seeds, whole (piece size 0) and in 3-byte pieces.
+    for (codec, target, name) in [
+        (CodecKind::Json, "json_decoder", "json"),
+        (CodecKind::Binary, "binary_decoder", "binary"),
+    ] {
+        let (to_server, to_client) = record_session(codec);
+        for (direction, bytes) in [("to-server", to_server), ("to-client", to_client)] {
+            for piece in [0u8, 3] {
+                let mut seed = vec![piece];
+                seed.extend_from_slice(&bytes);
+                std::fs::write(
+                    root.join(format!("{target}/recorded-{name}-{direction}-{piece}")),
+                    &seed,
+                )
+                .unwrap();
+            }
+        }
+    }
+}
+
+/// Runs a client and a server session back to back over `codec` and returns the bytes each
+/// sent: what a tunnel carries for a CONNECT exchange and an HTTP request.
+fn record_session(codec: fluidity_core::CodecKind) -> (Vec<u8>, Vec<u8>) {
+    use fluidity_core::envelope::Headers;
+    use fluidity_core::{Event, Reply, Session, SessionConfig, Target};
+    let now = std::time::Instant::now();
+    let mut client = Session::client(codec, SessionConfig::default(), now);
+    let mut server = Session::server(codec, SessionConfig::default(), now);
+    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+    let mut shuttle = |client: &mut Session, server: &mut Session| {
+        for _ in 0..8 {
+            let mut wire = bytes::BytesMut::new();
+            while let Some(bytes) = client.poll_transmit() {
+                to_server.extend_from_slice(&bytes);
+                wire.extend_from_slice(&bytes);
+            }
+            server.receive(&mut wire, now).unwrap();
+            let mut wire = bytes::BytesMut::new();
+            while let Some(bytes) = server.poll_transmit() {
+                to_client.extend_from_slice(&bytes);
+                wire.extend_from_slice(&bytes);
+            }
+            client.receive(&mut wire, now).unwrap();
+            while let Some(event) = server.poll_event() {
+                if let Event::Incoming { id, target } = event {
+                    let connect = matches!(target, Target::Connect { .. });
+                    let reply = if connect {
+                        Reply::Connect
+                    } else {
+                        Reply::Http {
+                            status_code: 200,
+                            headers: Headers::from([(
+                                "Content-Type".to_owned(),
+                                vec!["text/plain".to_owned()],
+                            )]),
+                        }
+                    };
+                    server.accept(id, reply).unwrap();
+                    server.send(id, b"hello from the server side").unwrap();
+                    // Over JSON (Go semantics) an end closes both ways: the CONNECT stream
+                    // stays open for the client's bytes.
+                    if !connect {
+                        server.finish(id).unwrap();
+                    }
+                }
+            }
+            while client.poll_event().is_some() {}
+        }
+    };
+    let connect = client
+        .open(Target::Connect {
+            address: "example.com:443".into(),
+        })
+        .unwrap();
+    let http = client
+        .open(Target::Http {
+            method: "POST".into(),
+            url: "http://example.com/upload".into(),
+            headers: Headers::from([("Host".to_owned(), vec!["example.com".to_owned()])]),
+        })
+        .unwrap();
+    client.send(http, b"name=value&other=1").unwrap();
+    client.finish(http).unwrap();
+    shuttle(&mut client, &mut server);
+    // A CONNECT stream carries data once the server accepted it.
+    client
+        .send(connect, b"\x16\x03\x01 a TLS ClientHello, say")
+        .unwrap();
+    client.finish(connect).unwrap();
+    shuttle(&mut client, &mut server);
+    (to_server, to_client)
 }
