@@ -68,8 +68,8 @@ pub use issue::{CertIssuer, FnIssuer, IssuedCertificate};
 #[cfg(feature = "runtime")]
 pub use locate::{ServerInfo, ServerLocator, StaticLocator};
 pub use session::{
-    Buffered, Chunk, CloseReason, Event, Recv, Refusal, Reply, Role, Session, SessionConfig, StreamError,
-    Target, Violation,
+    Buffered, Chunk, CloseReason, Event, Recv, Refusal, Reply, Role, Session, SessionConfig,
+    StreamError, Target, Violation,
 };
 #[cfg(feature = "tls")]
 pub use tls::{TlsTransport, WebSocketTransport};

@@ -538,6 +538,76 @@ async fn streams_beyond_either_stream_limit_get_503_not_a_broken_host(carrier: C
     }
 }
 
+/// A raw HTTP/1.1 origin that numbers its connections and the requests on each, answering
+/// "request R on connection C"; with `one_per_connection` it closes each connection after its
+/// first answer, without saying so (as an origin whose keep-alive timer fired would).
+async fn counting_origin(one_per_connection: bool) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut connections = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            connections += 1;
+            let connection = connections;
+            tokio::spawn(async move {
+                for request in 1.. {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read_u8().await {
+                            Ok(byte) => head.push(byte),
+                            Err(_) => return,
+                        }
+                    }
+                    let body = format!("request {request} on connection {connection}\n");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() || one_per_connection {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// Plain HTTP to a Rust server is relayed over CONNECT streams: the requests of one client
+/// connection share one origin connection; a kept connection the origin closed is replaced
+/// without the client noticing; a client moving between origins is served by each.
+async fn plain_http_keeps_one_origin_connection_per_client_connection(carrier: Carrier) {
+    let tunnel = Tunnel::start_on(carrier).await;
+    let keeping = counting_origin(false).await;
+    let closing = counting_origin(true).await;
+    let proxy = tunnel.proxy_url();
+    let urls = |origin: std::net::SocketAddr| {
+        ["/a", "/b", "/c"].map(|path| format!("http://{origin}{path}"))
+    };
+    let [a, b, c] = urls(keeping);
+    let (ok, body, err) = curl(&["-x", &proxy, &a, &b, &c]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        "request 1 on connection 1\nrequest 2 on connection 1\nrequest 3 on connection 1\n"
+    );
+    let [a, b, c] = urls(closing);
+    let (ok, body, err) = curl(&["-x", &proxy, &a, &b, &c]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        "request 1 on connection 1\nrequest 1 on connection 2\nrequest 1 on connection 3\n"
+    );
+    let [a, _, c] = urls(keeping);
+    let [_, b, _] = urls(closing);
+    let (ok, body, err) = curl(&["-x", &proxy, &a, &b, &c]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        "request 1 on connection 2\nrequest 1 on connection 4\nrequest 1 on connection 3\n"
+    );
+}
+
 on_both_transports!(
     curl_get_through_the_proxy,
     curl_post_of_20_mib_arrives_intact,
@@ -555,4 +625,5 @@ on_both_transports!(
     random_bytes_to_the_server_do_not_disturb_other_tunnels,
     the_server_refuses_tunnels_beyond_max_connections,
     streams_beyond_either_stream_limit_get_503_not_a_broken_host,
+    plain_http_keeps_one_origin_connection_per_client_connection,
 );

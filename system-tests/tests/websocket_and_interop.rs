@@ -332,8 +332,9 @@ async fn health_and_metrics_endpoints(carrier: Carrier) {
     assert!(ok, "{err}");
     let metrics = String::from_utf8(body).unwrap();
     assert!(metrics.contains("fluidity_tunnels 1"), "{metrics}");
+    // The agent relays plain HTTP to a Rust server over a CONNECT stream.
     assert!(
-        metrics.contains("fluidity_streams_total{kind=\"http\"} 1"),
+        metrics.contains("fluidity_streams_total{kind=\"connect\"} 1"),
         "{metrics}"
     );
     assert!(

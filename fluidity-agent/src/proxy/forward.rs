@@ -1,5 +1,6 @@
-//! Plain HTTP (absolute-form requests): one HTTP stream per request through the tunnel,
-//! request and response bodies streamed both ways, any size, with backpressure.
+//! Plain HTTP (absolute-form requests): relayed as bytes to a Rust server (`relay`), else one
+//! HTTP stream per request through the tunnel, request and response bodies streamed both
+//! ways, any size, with backpressure.
 
 use bytes::Bytes;
 use fluidity_core::StreamReader;
@@ -12,15 +13,27 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
+use super::relay::{self, OriginConnection};
 use super::{Body, OpenError, Proxy, bad_gateway, record_refusal, refused, tunnel_for};
 
-pub(crate) async fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
-    let (parts, mut body) = request.into_parts();
-    let host = parts.uri.host().unwrap_or_default().to_owned();
+pub(crate) async fn handle(
+    proxy: &Proxy,
+    origin: &OriginConnection,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let host = request.uri().host().unwrap_or_default().to_owned();
     let connection = match tunnel_for(proxy, &host).await {
         Ok(connection) => connection,
         Err(e) => return e.response(&host),
     };
+    // A Rust server relays plain HTTP as bytes (see `relay`).
+    if request.uri().scheme() == Some(&http::uri::Scheme::HTTP)
+        && connection.peer_speaks_extensions()
+        && let Some(authority) = relay::authority(request.uri())
+    {
+        return relay::handle(proxy, origin, request, &host, authority).await;
+    }
+    let (parts, mut body) = request.into_parts();
     let mut headers = Headers::new();
     for (name, value) in &parts.headers {
         headers

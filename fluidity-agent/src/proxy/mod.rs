@@ -5,6 +5,7 @@
 mod connect;
 mod forward;
 mod pac;
+mod relay;
 mod socks;
 mod websocket;
 
@@ -90,8 +91,11 @@ pub(crate) async fn serve(
             match first_byte(&stream, deadline).await {
                 Some(socks::VERSION) => socks::serve(&proxy, stream, peer, deadline).await,
                 Some(_) => {
-                    let service =
-                        hyper::service::service_fn(move |request| handle(proxy.clone(), request));
+                    // Plain HTTP requests on this connection share one origin connection.
+                    let origin = Arc::new(relay::OriginConnection::default());
+                    let service = hyper::service::service_fn(move |request| {
+                        handle(proxy.clone(), origin.clone(), request)
+                    });
                     http.serve(stream, peer, service).await;
                 }
                 None => tracing::debug!(%peer, "proxy client sent nothing"),
@@ -128,6 +132,7 @@ async fn first_byte(stream: &TcpStream, deadline: Duration) -> Option<u8> {
 
 async fn handle(
     proxy: Arc<Proxy>,
+    origin: Arc<relay::OriginConnection>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     // Origin-form requests are for the proxy itself.
@@ -157,7 +162,7 @@ async fn handle(
     if websocket::is_upgrade(&request) {
         return Ok(websocket::handle(&proxy, request).await);
     }
-    Ok(forward::handle(&proxy, request).await)
+    Ok(forward::handle(&proxy, &origin, request).await)
 }
 
 /// Requests addressed to the proxy itself: the PAC file, and a hint otherwise.

@@ -1,0 +1,185 @@
+//! Plain `http://` requests through a Rust server, relayed: the agent speaks HTTP/1.1 to the
+//! origin itself, over a CONNECT stream through the tunnel, and keeps that stream for the
+//! client connection's next request to the same origin (keep-alive). The server then only
+//! moves bytes, with no HTTP client of its own in the path, which takes most of the server's
+//! work per request away; its egress policy still decides when the stream opens.
+//!
+//! Go servers (no extensions), and `https://` absolute-form requests (the server makes the
+//! TLS connection), take one HTTP stream per request instead (`forward`).
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use fluidity_core::headers::{connection_listed, is_hop_by_hop};
+use http::header::{CONNECTION, HOST, HeaderMap, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+
+use super::{Body, Proxy, bad_gateway, open_connect};
+
+/// What the agent sends the origin.
+type Outgoing = BoxBody<Bytes, hyper::Error>;
+
+/// The origin connection one client connection is using, if any: at most one per client
+/// connection, kept while the client keeps its connection (so `max_clients` bounds them),
+/// and replaced when the client asks another origin.
+#[derive(Default)]
+pub(crate) struct OriginConnection(Mutex<Option<Kept>>);
+
+struct Kept {
+    authority: String,
+    sender: SendRequest<Outgoing>,
+}
+
+impl OriginConnection {
+    fn take(&self, authority: &str) -> Option<SendRequest<Outgoing>> {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match kept.take() {
+            Some(k) if k.authority == authority && !k.sender.is_closed() => Some(k.sender),
+            // Another origin's connection goes (the client moved on), closing its stream.
+            _ => None,
+        }
+    }
+
+    fn keep(&self, authority: String, sender: SendRequest<Outgoing>) {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *kept = Some(Kept { authority, sender });
+    }
+}
+
+/// The `host:port` a plain HTTP request goes to.
+pub(crate) fn authority(uri: &Uri) -> Option<String> {
+    let host = uri.host()?;
+    Some(format!("{host}:{}", uri.port_u16().unwrap_or(80)))
+}
+
+/// Sends `request` (absolute-form, `http://`) to its origin over the client connection's kept
+/// origin connection, or a new one.
+pub(crate) async fn handle(
+    proxy: &Proxy,
+    origin: &OriginConnection,
+    request: Request<Incoming>,
+    host: &str,
+    authority: String,
+) -> Response<Body> {
+    let (mut parts, body) = request.into_parts();
+    let origin_form = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if !parts.headers.contains_key(HOST)
+        && let Some(value) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(HOST, value);
+    }
+    parts.uri = Uri::from(origin_form);
+    strip_hop_by_hop(&mut parts.headers);
+    // Only a request without a body that changes nothing may be sent again, when a kept
+    // connection turns out to have been closed by the origin meanwhile.
+    let repeatable = hyper::body::Body::is_end_stream(&body)
+        && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let head = repeatable.then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
+    let mut request = Request::from_parts(parts, body.boxed());
+
+    let mut kept = origin.take(&authority);
+    loop {
+        let reused = kept.is_some();
+        let mut sender = match kept.take() {
+            Some(sender) => sender,
+            None => match connect(proxy, host, &authority).await {
+                Ok(sender) => sender,
+                Err(response) => return response,
+            },
+        };
+        let sent = match sender.ready().await {
+            Ok(()) => sender.send_request(request).await,
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(response) => {
+                origin.keep(authority, sender);
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                return Response::from_parts(parts, body.map_err(std::io::Error::other).boxed());
+            }
+            // The origin closed a kept connection before taking the request: once more, on
+            // a new one.
+            Err(e) if reused && (e.is_canceled() || e.is_incomplete_message() || e.is_closed()) => {
+                let Some((method, uri, headers)) = &head else {
+                    return bad_gateway(host, &format!("the origin closed the connection: {e}"));
+                };
+                tracing::debug!(%authority, error = %e, "kept origin connection closed; retrying");
+                let mut again = Request::new(Empty::new().map_err(|never| match never {}).boxed());
+                *again.method_mut() = method.clone();
+                *again.uri_mut() = uri.clone();
+                *again.headers_mut() = headers.clone();
+                request = again;
+            }
+            Err(e) => return bad_gateway(host, &format!("the origin failed: {e}")),
+        }
+    }
+}
+
+/// A new origin connection: a CONNECT stream through the tunnel (the server's egress policy
+/// applies), with an HTTP/1.1 client on it.
+async fn connect(
+    proxy: &Proxy,
+    host: &str,
+    authority: &str,
+) -> Result<SendRequest<Outgoing>, Response<Body>> {
+    let stream = open_connect(proxy, host, authority)
+        .await
+        .map_err(|e| e.response(host))?;
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| bad_gateway(host, &e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "origin connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Removes hop-by-hop headers, the standard ones and those the `Connection` header lists.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed = connection_listed(
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    for name in listed {
+        headers.remove(name.as_str());
+    }
+    let hop: Vec<_> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name.as_str()))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
+    }
+}
