@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     Carrier, FNV_START, Tunnel, checksum, curl, curl_status, http_origin, https_origin, pattern,
+    read_head,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -449,15 +450,6 @@ async fn random_bytes_to_the_server_do_not_disturb_other_tunnels(carrier: Carrie
     }
 }
 
-/// Reads an HTTP response head (up to the blank line) byte by byte.
-async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await.unwrap());
-    }
-    String::from_utf8(head).unwrap()
-}
-
 async fn the_server_refuses_tunnels_beyond_max_connections(carrier: Carrier) {
     let origin = http_origin().await;
     let tunnel = Tunnel::start_on_with(carrier, |server| server.max_connections = 1, |_| {}).await;
@@ -503,16 +495,7 @@ async fn streams_beyond_either_stream_limit_get_503_not_a_broken_host(carrier: C
         .await;
         let mut held = Vec::new();
         for _ in 0..2 {
-            let mut stream = TcpStream::connect(tunnel.proxy).await.unwrap();
-            stream
-                .write_all(
-                    format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes(),
-                )
-                .await
-                .unwrap();
-            let head = read_head(&mut stream).await;
-            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-            held.push(stream);
+            held.push(support::connect_through(tunnel.proxy, origin).await);
         }
         for _ in 0..6 {
             let (code, body) = curl_status(&["-x", &tunnel.proxy_url()], &url).await;

@@ -403,6 +403,48 @@ async fn delay_pipe(
     tokio::join!(reader, writer);
 }
 
+/// How far into the transfers a fault strikes.
+const FAULT_AFTER: Duration = Duration::from_secs(3);
+
+/// A download and an upload of [`TRANSFER`] bytes at once (the download through CONNECT and
+/// the upload absolute-form, or the other way round), with `fault` run [`FAULT_AFTER`] in:
+/// both must fail before `fault` completes, and what the download received must be intact.
+/// Returns both results and how many bytes the download received.
+async fn transfers_fail_under(
+    lab: &Lab,
+    download_through_connect: bool,
+    fault: impl std::future::Future<Output = ()>,
+    what: &str,
+) -> (Curl, Curl, u64) {
+    let strikes = Instant::now() + FAULT_AFTER;
+    let transfers = async {
+        tokio::join!(
+            lab.download(TRANSFER, download_through_connect),
+            lab.upload(!download_through_connect)
+        )
+    };
+    let fault = async {
+        tokio::time::sleep_until(strikes.into()).await;
+        fault.await;
+    };
+    let ((download, file), (upload, _)) = tokio::select! {
+        results = transfers => results,
+        () = fault => panic!("a transfer was still waiting at the end of {what}\n{}", lab.logs()),
+    };
+    assert!(
+        Instant::now() > strikes,
+        "the transfers ended before {what}"
+    );
+    assert!(!download.succeeded(), "{download:?}");
+    let (received, intact) = pattern_prefix(&file);
+    assert!(
+        received < TRANSFER && intact,
+        "{received} bytes, intact: {intact}"
+    );
+    assert!(!upload.succeeded(), "{upload:?}");
+    (download, upload, received)
+}
+
 fn in_namespace(inner: &str) {
     run_in_network_namespace(inner, "", &[], "1".as_ref());
 }
@@ -455,30 +497,14 @@ async fn in_namespace_a_blackhole_mid_transfer_is_a_clear_error_then_the_agent_r
     let mut lab = Lab::start(None).await;
     lab.throttle(RATE_MBIT);
     let hole = Duration::from_secs(40);
-    let silent_since = Instant::now() + Duration::from_secs(3);
-    let transfers = async { tokio::join!(lab.download(TRANSFER, true), lab.upload(false)) };
+    let silent_since = Instant::now() + FAULT_AFTER;
     let blackhole = async {
-        tokio::time::sleep_until(silent_since.into()).await;
         lab.blackhole(true);
         tokio::time::sleep(hole).await;
     };
-    let ((download, file), (upload, _)) = tokio::select! {
-        results = transfers => results,
-        () = blackhole => panic!("a transfer was still waiting when the path came back"),
-    };
-    assert!(
-        Instant::now() > silent_since,
-        "the transfers ended before the blackhole"
-    );
+    let (download, upload, received) =
+        transfers_fail_under(&lab, true, blackhole, "the blackhole").await;
     let detected = silent_since.elapsed();
-
-    assert!(!download.succeeded(), "{download:?}");
-    let (received, intact) = pattern_prefix(&file);
-    assert!(
-        received < TRANSFER && intact,
-        "{received} bytes, intact: {intact}"
-    );
-    assert!(!upload.succeeded(), "{upload:?}");
 
     tokio::time::sleep(hole.saturating_sub(silent_since.elapsed())).await;
     lab.blackhole(false);
@@ -513,29 +539,14 @@ async fn in_namespace_a_server_restart_mid_transfer_is_an_error_not_corrupt_data
     let mut lab = Lab::start(None).await;
     lab.throttle(RATE_MBIT);
     let mut server = lab.server.take().unwrap();
-    let killed = Instant::now() + Duration::from_secs(3);
-    let transfers = async { tokio::join!(lab.download(TRANSFER, false), lab.upload(true)) };
+    let killed = Instant::now() + FAULT_AFTER;
     let kill = async {
-        tokio::time::sleep_until(killed.into()).await;
         server.kill().await.unwrap();
         tokio::time::sleep(Duration::from_secs(15)).await;
     };
-    let ((download, file), (upload, _)) = tokio::select! {
-        results = transfers => results,
-        () = kill => panic!("the transfers should fail when the server goes"),
-    };
-    assert!(
-        Instant::now() > killed,
-        "the transfers ended before the restart"
-    );
+    let (download, upload, received) =
+        transfers_fail_under(&lab, false, kill, "the server's death").await;
     let failed = killed.elapsed();
-    assert!(!download.succeeded(), "{download:?}");
-    let (received, intact) = pattern_prefix(&file);
-    assert!(
-        received < TRANSFER && intact,
-        "{received} bytes, intact: {intact}"
-    );
-    assert!(!upload.succeeded(), "{upload:?}");
 
     lab.start_server().await;
     let recovered = lab.wait_for_tunnel(Duration::from_secs(60)).await;

@@ -15,9 +15,8 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use support::{
-    DEV_ARN, FNV_START, StreamedLine, binary, checksum, free_port, go_agent_tls, http_origin,
-    pattern_checksum, pattern_slice, peak_rss_kib, read_streamed_line, start_server_process,
-    wait_for_port, write_base64_pattern,
+    DEV_ARN, FNV_START, StreamedLine, checksum, go_agent_tls, http_origin, pattern_checksum,
+    pattern_slice, peak_rss_kib, read_streamed_line, start_server_process, write_base64_pattern,
 };
 
 /// The body size each way.
@@ -113,17 +112,7 @@ async fn a_target_failing_mid_body_gives_a_go_agent_a_502_not_a_short_body() {
 async fn the_agent_moves_256_mib_each_way_through_a_go_server_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let server = go_format_server(dir.path()).await;
-    let proxy_port = free_port();
-    let mut agent = tokio::process::Command::new(binary("fluidity-agent"))
-        .args(["--dev", "--server", &server.to_string()])
-        .args(["--local-proxy-port", &proxy_port.to_string(), "--cache-dir"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_for_port(proxy_port, &mut agent, "fluidity-agent").await;
+    let (agent, proxy_port) = support::start_agent_process(dir.path(), server, &[]).await;
     let client = support::proxy_client(&format!("http://127.0.0.1:{proxy_port}"));
     let expected = pattern_checksum(SIZE);
 

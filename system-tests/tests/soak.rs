@@ -160,13 +160,7 @@ impl Pair {
 
 /// A CONNECT stream through the agent to `origin` that has echoed `payload` back.
 async fn echoed_connect(proxy: SocketAddr, origin: SocketAddr, payload: &[u8]) -> TcpStream {
-    let mut stream = TcpStream::connect(proxy).await.unwrap();
-    stream
-        .write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut stream = support::connect_through(proxy, origin).await;
     stream.write_all(payload).await.unwrap();
     let mut echoed = vec![0; payload.len()];
     stream.read_exact(&mut echoed).await.unwrap();
@@ -192,20 +186,6 @@ async fn hello(proxy: SocketAddr, origin: SocketAddr) {
         answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello from origin"),
         "{answer}"
     );
-}
-
-async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).await.unwrap(),
-            1,
-            "closed in the head"
-        );
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
 }
 
 fn kib_per(grown_kib: u64, count: usize) -> f64 {
@@ -581,15 +561,7 @@ async fn mixed(length: Duration, every: Duration) {
     };
     let websockets = async {
         while tokio::time::Instant::now() < deadline {
-            let mut stream = TcpStream::connect(proxy).await.unwrap();
-            stream
-                .write_all(
-                    format!("CONNECT {websocket} HTTP/1.1\r\nHost: {websocket}\r\n\r\n").as_bytes(),
-                )
-                .await
-                .unwrap();
-            let head = read_head(&mut stream).await;
-            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let stream = support::connect_through(proxy, websocket).await;
             let (mut ws, _) =
                 tokio_tungstenite::client_async(format!("ws://{websocket}/echo"), stream)
                     .await

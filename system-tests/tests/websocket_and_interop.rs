@@ -9,20 +9,14 @@ use std::time::Duration;
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use support::{ARN, Carrier, Tunnel, curl, http_origin, websocket_origin};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
-async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await.unwrap());
-    }
-    String::from_utf8(head).unwrap()
-}
+use support::read_head;
 
 /// Text, 1 MiB binary, ping/pong and a close code, against the echo origin.
 async fn exercise<S>(mut ws: WebSocketStream<S>)
@@ -101,13 +95,7 @@ async fn websocket_through_the_plain_http_proxy_path(carrier: Carrier) {
 async fn websocket_through_connect(carrier: Carrier) {
     let origin = websocket_origin().await;
     let tunnel = Tunnel::start_on(carrier).await;
-    let mut stream = TcpStream::connect(tunnel.proxy).await.unwrap();
-    stream
-        .write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let stream = support::connect_through(tunnel.proxy, origin).await;
     let (ws, _) = tokio_tungstenite::client_async(format!("ws://{origin}/echo"), stream)
         .await
         .unwrap();

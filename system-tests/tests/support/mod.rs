@@ -631,19 +631,31 @@ pub async fn start_pair(
     agent_env: &[(&str, &str)],
 ) -> (tokio::process::Child, tokio::process::Child, u16, u16) {
     let (server, server_port) = start_server_process(dir, server_env).await;
+    let server_address = SocketAddr::from(([127, 0, 0, 1], server_port));
+    let (agent, proxy_port) = start_agent_process(dir, server_address, agent_env).await;
+    (server, agent, server_port, proxy_port)
+}
+
+/// `fluidity-agent --dev --server <server>` keeping its certificates in `dir`, with extra
+/// environment; returns it and its proxy port once it listens.
+pub async fn start_agent_process(
+    dir: &std::path::Path,
+    server: SocketAddr,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, u16) {
     let proxy_port = free_port();
     let mut agent = tokio::process::Command::new(binary("fluidity-agent"))
-        .args(["--dev", "--server", &format!("127.0.0.1:{server_port}")])
+        .args(["--dev", "--server", &server.to_string()])
         .args(["--local-proxy-port", &proxy_port.to_string(), "--cache-dir"])
         .arg(dir)
-        .envs(agent_env.iter().copied())
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     wait_for_port(proxy_port, &mut agent, "fluidity-agent").await;
-    (server, agent, server_port, proxy_port)
+    (agent, proxy_port)
 }
 
 /// A `/proc/<pid>/status` memory field (`VmRSS`, `VmHWM`), KiB.
@@ -907,4 +919,30 @@ pub fn run_in_network_namespace(
     );
     // The inner test's own report (figures it printed) belongs in this test's output.
     eprintln!("{stderr}");
+}
+
+/// Reads an HTTP response head (up to the blank line) byte by byte.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// A CONNECT tunnel through the proxy at `proxy` to `target`, once the proxy answered 200.
+pub async fn connect_through(
+    proxy: SocketAddr,
+    target: impl std::fmt::Display,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stream
 }
