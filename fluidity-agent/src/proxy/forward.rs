@@ -18,7 +18,7 @@ use super::{Body, OpenError, Proxy, bad_gateway, record_refusal, refused, tunnel
 
 pub(crate) async fn handle(
     proxy: &Proxy,
-    origin: &OriginConnection,
+    origin: &std::sync::Arc<OriginConnection>,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let host = request.uri().host().unwrap_or_default().to_owned();

@@ -7,7 +7,10 @@
 //! Go servers (no extensions), and `https://` absolute-form requests (the server makes the
 //! TLS connection), take one HTTP stream per request instead (`forward`).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use fluidity_core::headers::{connection_listed, is_hop_by_hop};
@@ -25,36 +28,90 @@ use super::{Body, Proxy, bad_gateway, open_connect};
 /// What the agent sends the origin.
 type Outgoing = BoxBody<Bytes, hyper::Error>;
 
+/// A kept origin connection unused this long is closed, freeing its stream (a slot of
+/// `max_streams`) and the server's socket while the client idles on its connection.
+const KEEP_IDLE: Duration = Duration::from_secs(30);
+
 /// The origin connection one client connection is using, if any: at most one per client
-/// connection, kept while the client keeps its connection (so `max_clients` bounds them),
-/// and replaced when the client asks another origin.
-#[derive(Default)]
-pub(crate) struct OriginConnection(Mutex<Option<Kept>>);
+/// connection, kept while the client keeps its connection (so `max_clients` bounds them) and
+/// uses it within [`KEEP_IDLE`], and replaced when the client asks another origin.
+pub(crate) struct OriginConnection {
+    kept: Mutex<Option<Kept>>,
+    reaper: std::sync::atomic::AtomicBool,
+    idle: Duration,
+}
+
+impl Default for OriginConnection {
+    fn default() -> Self {
+        OriginConnection::with_idle(KEEP_IDLE)
+    }
+}
 
 struct Kept {
     authority: String,
     sender: SendRequest<Outgoing>,
+    since: Instant,
 }
 
 impl OriginConnection {
-    fn take(&self, authority: &str) -> Option<SendRequest<Outgoing>> {
-        let mut kept = self
-            .0
+    fn with_idle(idle: Duration) -> Self {
+        OriginConnection {
+            kept: Mutex::default(),
+            reaper: std::sync::atomic::AtomicBool::default(),
+            idle,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Kept>> {
+        self.kept
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match kept.take() {
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take(&self, authority: &str) -> Option<SendRequest<Outgoing>> {
+        match self.lock().take() {
             Some(k) if k.authority == authority && !k.sender.is_closed() => Some(k.sender),
             // Another origin's connection goes (the client moved on), closing its stream.
             _ => None,
         }
     }
 
-    fn keep(&self, authority: String, sender: SendRequest<Outgoing>) {
-        let mut kept = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *kept = Some(Kept { authority, sender });
+    /// Keeps `sender` for the next request. (Dropping a sender lets a response in flight on
+    /// it finish: hyper closes the connection after.)
+    fn keep(self: &Arc<Self>, authority: String, sender: SendRequest<Outgoing>) {
+        *self.lock() = Some(Kept {
+            authority,
+            sender,
+            since: Instant::now(),
+        });
+        if !self.reaper.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Closes the kept connection of a client connection once it idled [`KEEP_IDLE`]; ends when
+/// the client connection is gone.
+async fn reap(origin: Weak<OriginConnection>) {
+    loop {
+        let due = match origin.upgrade() {
+            Some(origin) => {
+                let since = origin.lock().as_ref().map_or(Instant::now(), |k| k.since);
+                since + origin.idle
+            }
+            None => return,
+        };
+        tokio::time::sleep_until(due).await;
+        let Some(origin) = origin.upgrade() else {
+            return;
+        };
+        let mut kept = origin.lock();
+        if kept
+            .as_ref()
+            .is_some_and(|k| k.since.elapsed() >= origin.idle)
+        {
+            *kept = None;
+        }
     }
 }
 
@@ -68,7 +125,7 @@ pub(crate) fn authority(uri: &Uri) -> Option<String> {
 /// origin connection, or a new one.
 pub(crate) async fn handle(
     proxy: &Proxy,
-    origin: &OriginConnection,
+    origin: &Arc<OriginConnection>,
     request: Request<Incoming>,
     host: &str,
     authority: String,
@@ -181,5 +238,57 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for name in hop {
         headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender on an in-memory connection nobody answers.
+    async fn sender() -> (SendRequest<Outgoing>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        (sender, theirs)
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_is_closed_after_idling_and_reused_before() {
+        let idle = Duration::from_millis(300);
+        let origin = Arc::new(OriginConnection::with_idle(idle));
+        let (first, _peer) = sender().await;
+        origin.keep("a:80".into(), first);
+        tokio::time::sleep(idle / 2).await;
+        let reused = origin.take("a:80").expect("kept within the idle time");
+        origin.keep("a:80".into(), reused);
+        tokio::time::sleep(idle / 2).await;
+        assert!(origin.lock().is_some(), "used again within the idle time");
+        // Idle for longer than that since the last use: gone.
+        tokio::time::sleep(idle * 2).await;
+        assert!(origin.lock().is_none());
+        assert!(origin.take("a:80").is_none());
+    }
+
+    #[tokio::test]
+    async fn another_origin_replaces_the_kept_connection() {
+        let origin = Arc::new(OriginConnection::default());
+        let (first, _peer) = sender().await;
+        origin.keep("a:80".into(), first);
+        assert!(origin.take("b:80").is_none());
+        assert!(
+            origin.take("a:80").is_none(),
+            "asking for b dropped a's connection"
+        );
+    }
+
+    #[test]
+    fn the_authority_defaults_to_port_80() {
+        let uri: Uri = "http://example.com/x".parse().unwrap();
+        assert_eq!(authority(&uri).as_deref(), Some("example.com:80"));
+        let uri: Uri = "http://[::1]:8080/".parse().unwrap();
+        assert_eq!(authority(&uri).as_deref(), Some("[::1]:8080"));
     }
 }
