@@ -147,6 +147,22 @@ impl Tunnel {
     pub fn is_up(&self) -> bool {
         matches!(&*self.state.borrow(), State::Up(c) if c.closed_reason().is_none())
     }
+
+    /// Streams open on the tunnel now (0 while it is down).
+    pub fn stream_count(&self) -> usize {
+        match &*self.state.borrow() {
+            State::Up(connection) => connection.stream_count(),
+            State::Down(_) => 0,
+        }
+    }
+
+    /// Why the tunnel is down, if it is and a reason is known.
+    pub fn last_failure(&self) -> Option<String> {
+        match &*self.state.borrow() {
+            State::Down(Some(reason)) => Some(reason.to_string()),
+            _ => None,
+        }
+    }
 }
 
 struct Dialer<T> {

@@ -225,6 +225,10 @@ impl Metrics {
             "status": "ok",
             "tunnels": self.tunnels(),
             "streams": self.streams(),
+            // Tokio tasks alive in the server (a leak shows as a count that keeps growing).
+            "tasks": tokio::runtime::Handle::try_current()
+                .ok()
+                .map(|runtime| runtime.metrics().num_alive_tasks()),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "last_activity_unix": self.last_activity.load(Ordering::Relaxed),
         })

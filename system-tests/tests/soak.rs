@@ -27,6 +27,8 @@ struct Usage {
     rss_kib: u64,
     fds: usize,
     threads: u64,
+    /// Tokio tasks alive (the agent's `/status`, the server's `/health`).
+    tasks: u64,
 }
 
 fn usage(pid: u32) -> Usage {
@@ -36,7 +38,24 @@ fn usage(pid: u32) -> Usage {
             .unwrap()
             .count(),
         threads: proc_memory_kib(pid, "Threads"),
+        tasks: 0,
     }
+}
+
+/// `GET path` from the HTTP server at `address`, as JSON.
+async fn get_json(address: SocketAddr, path: &str) -> serde_json::Value {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap();
+    serde_json::from_str(body).unwrap()
 }
 
 /// An echo server in its own process (Python's asyncio), so that its sockets do not count
@@ -115,24 +134,21 @@ impl Pair {
         }
     }
 
-    fn usage(&self) -> (Usage, Usage) {
-        (
-            usage(self.agent.id().unwrap()),
-            usage(self.server.id().unwrap()),
-        )
+    async fn usage(&self) -> (Usage, Usage) {
+        let mut agent = usage(self.agent.id().unwrap());
+        agent.tasks = get_json(self.proxy, "/status").await["tasks"]
+            .as_u64()
+            .unwrap();
+        let mut server = usage(self.server.id().unwrap());
+        server.tasks = get_json(self.health, "/health").await["tasks"]
+            .as_u64()
+            .unwrap();
+        (agent, server)
     }
 
     /// The server's open tunnels and streams (its `/health`).
     async fn open(&self) -> (u64, u64) {
-        let mut stream = TcpStream::connect(self.health).await.unwrap();
-        stream
-            .write_all(b"GET /health HTTP/1.1\r\nHost: health\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        let body = answer.split("\r\n\r\n").nth(1).unwrap();
-        let health: serde_json::Value = serde_json::from_str(body).unwrap();
+        let health = get_json(self.health, "/health").await;
         (
             health["tunnels"].as_u64().unwrap(),
             health["streams"].as_u64().unwrap(),
@@ -211,7 +227,7 @@ async fn streams_at_once(count: usize) {
     // One stream first: the tunnel and the first-use allocations are in the baseline.
     drop(echoed_connect(pair.proxy, origin, b"warm").await);
     pair.settle(1).await;
-    let (agent_before, server_before) = pair.usage();
+    let (agent_before, server_before) = pair.usage().await;
 
     let started = Instant::now();
     let opening = Arc::new(tokio::sync::Semaphore::new(256));
@@ -243,13 +259,13 @@ async fn streams_at_once(count: usize) {
     let all_open = started.elapsed();
     let (tunnels, open) = pair.open().await;
     assert_eq!((tunnels, open), (1, count as u64));
-    let (agent_open, server_open) = pair.usage();
+    let (agent_open, server_open) = pair.usage().await;
     release.send(true).unwrap();
     while let Some(result) = streams.join_next().await {
         result.unwrap();
     }
     pair.settle(1).await;
-    let (agent_after, server_after) = pair.usage();
+    let (agent_after, server_after) = pair.usage().await;
     eprintln!(
         "{count} streams open at once after {all_open:.1?}; per stream: agent {:.1} KiB, server \
          {:.1} KiB resident, {} / {} file descriptors; after closing: agent {agent_after:?} \
@@ -310,15 +326,15 @@ async fn stream_cycles(count: usize) {
     let middle = warm_up + (count - warm_up) / 2;
     run(0..warm_up).await;
     pair.settle(1).await;
-    let before = pair.usage();
+    let before = pair.usage().await;
     run(warm_up..middle).await;
     pair.settle(1).await;
-    let halfway = pair.usage();
+    let halfway = pair.usage().await;
     let started = Instant::now();
     run(middle..count).await;
     let second_half = started.elapsed();
     pair.settle(1).await;
-    let after = pair.usage();
+    let after = pair.usage().await;
     eprintln!(
         "{count} stream cycles (second half at {:.0}/s): agent {:?} → {:?} → {:?}; server {:?} \
          → {:?} → {:?} (after the warm-up, halfway, at the end)",
@@ -340,6 +356,7 @@ async fn stream_cycles(count: usize) {
             after.fds <= before.fds + pool,
             "the {name}'s descriptors: {before:?} → {after:?}"
         );
+        assert_eq!(after.tasks, before.tasks, "the {name}'s tasks");
         assert!(
             after.threads <= before.threads.max(halfway.threads),
             "the {name}'s threads grew: {before:?} → {after:?}"
@@ -418,7 +435,7 @@ async fn tunnel_cycles(count: usize) {
     pair.settle(1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ours_before = ours();
-    let server_before = pair.usage().1;
+    let server_before = pair.usage().await.1;
     let started = Instant::now();
     for _ in count / 10..count {
         one().await;
@@ -426,7 +443,7 @@ async fn tunnel_cycles(count: usize) {
     let took = started.elapsed();
     pair.settle(1).await;
     let ours_after = settle_ours(ours_before).await;
-    let server_after = pair.usage().1;
+    let server_after = pair.usage().await.1;
     eprintln!(
         "{count} tunnel cycles ({:.1} ms each): this process's (descriptors, tasks) \
          {ours_before:?} → {ours_after:?}; server {server_before:?} → {server_after:?}",
@@ -580,7 +597,7 @@ async fn mixed(length: Duration, every: Duration) {
         let mut samples = Vec::new();
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(every).await;
-            let (agent, server) = pair.usage();
+            let (agent, server) = pair.usage().await;
             samples.push((agent.rss_kib, server.rss_kib));
         }
         samples

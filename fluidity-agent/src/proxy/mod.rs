@@ -175,11 +175,31 @@ fn local(proxy: &Proxy, request: &Request<Incoming>) -> Response<Body> {
                 .and_then(|h| h.to_str().ok());
             pac::response(&pac::advertised(proxy.address, host), proxy.pac)
         }
+        ("GET", "/status") => status(proxy),
         _ => text(
             StatusCode::BAD_REQUEST,
-            "this is the Fluidity proxy: configure it as your HTTP proxy, or fetch /proxy.pac\n",
+            "this is the Fluidity proxy: configure it as your HTTP proxy, or fetch /proxy.pac \
+             (or /status)\n",
         ),
     }
+}
+
+/// `GET /status`: whether the tunnel is up (or why it is down), its open streams, and the
+/// agent's tokio tasks (a leak shows as a count that keeps growing).
+fn status(proxy: &Proxy) -> Response<Body> {
+    let up = proxy.tunnel.is_up();
+    let document = serde_json::json!({
+        "tunnel": if up { "up" } else { "down" },
+        "last_failure": proxy.tunnel.last_failure(),
+        "streams": proxy.tunnel.stream_count(),
+        "tasks": tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+    });
+    let mut response = text(StatusCode::OK, document.to_string());
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Why a stream through the tunnel could not be opened. The HTTP front end answers it with a

@@ -39,6 +39,14 @@ pub(crate) struct OriginConnection {
     kept: Mutex<Option<Kept>>,
     reaper: std::sync::atomic::AtomicBool,
     idle: Duration,
+    /// Told when the client connection (and this) goes, so the reaper ends at once.
+    gone: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for OriginConnection {
+    fn drop(&mut self) {
+        self.gone.notify_one();
+    }
 }
 
 impl Default for OriginConnection {
@@ -59,6 +67,7 @@ impl OriginConnection {
             kept: Mutex::default(),
             reaper: std::sync::atomic::AtomicBool::default(),
             idle,
+            gone: Arc::default(),
         }
     }
 
@@ -85,14 +94,14 @@ impl OriginConnection {
             since: Instant::now(),
         });
         if !self.reaper.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            tokio::spawn(reap(Arc::downgrade(self)));
+            tokio::spawn(reap(Arc::downgrade(self), self.gone.clone()));
         }
     }
 }
 
 /// Closes the kept connection of a client connection once it idled [`KEEP_IDLE`]; ends when
 /// the client connection is gone.
-async fn reap(origin: Weak<OriginConnection>) {
+async fn reap(origin: Weak<OriginConnection>, gone: Arc<tokio::sync::Notify>) {
     loop {
         let due = match origin.upgrade() {
             Some(origin) => {
@@ -101,7 +110,10 @@ async fn reap(origin: Weak<OriginConnection>) {
             }
             None => return,
         };
-        tokio::time::sleep_until(due).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => {}
+            () = gone.notified() => return,
+        }
         let Some(origin) = origin.upgrade() else {
             return;
         };
@@ -270,6 +282,29 @@ mod tests {
         tokio::time::sleep(idle * 2).await;
         assert!(origin.lock().is_none());
         assert!(origin.take("a:80").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_reaper_ends_with_the_client_connection() {
+        let origin = Arc::new(OriginConnection::default());
+        let (first, _peer) = sender().await;
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = tasks();
+        origin.keep("a:80".into(), first);
+        assert_eq!(tasks(), before + 1, "the reaper");
+        drop(origin);
+        let started = std::time::Instant::now();
+        while tasks() > before {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the reaper outlived its client connection"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
