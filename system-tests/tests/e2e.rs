@@ -336,6 +336,16 @@ async fn proxy_authentication_and_the_pac_file(carrier: Carrier) {
     let pac = String::from_utf8(pac).unwrap();
     assert!(pac.contains("FindProxyForURL"), "{pac}");
     assert!(pac.contains(&format!("PROXY {}", tunnel.proxy)), "{pac}");
+
+    // The status document needs the credentials (the PAC file does not).
+    let status_url = format!("{}/status", tunnel.proxy_url());
+    let (code, _) = curl_status(&[], &status_url).await;
+    assert_eq!(code, 401);
+    let (ok, status, err) = curl(&["-u", "alice:s3cret", &status_url]).await;
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(status["tunnel"], "up", "{status}");
+    assert!(status["tasks"].as_u64().unwrap() > 0, "{status}");
 }
 
 async fn bytes_pipelined_after_the_connect_head_are_not_lost(carrier: Carrier) {

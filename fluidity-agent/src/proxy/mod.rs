@@ -135,26 +135,41 @@ async fn handle(
     origin: Arc<relay::OriginConnection>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    // Origin-form requests are for the proxy itself.
-    if request.method() != hyper::Method::CONNECT && request.uri().scheme().is_none() {
+    // Origin-form requests are for the proxy itself. Browsers fetch the PAC file without
+    // credentials; everything else needs them, `/status` included.
+    let for_the_proxy =
+        request.method() != hyper::Method::CONNECT && request.uri().scheme().is_none();
+    if for_the_proxy && request.uri().path() == "/proxy.pac" {
         return Ok(local(&proxy, &request));
     }
     if let Some(expected) = &proxy.authorization {
-        let given = request
-            .headers()
-            .get(hyper::header::PROXY_AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        if !given.is_some_and(|given| constant_time_eq(given, expected.as_bytes())) {
-            let mut response = text(
+        // A request to the proxy itself authenticates as to any server (`Authorization`,
+        // 401); a proxied one as to a proxy (`Proxy-Authorization`, 407).
+        let (header, status, challenge) = if for_the_proxy {
+            (
+                hyper::header::AUTHORIZATION,
+                StatusCode::UNAUTHORIZED,
+                hyper::header::WWW_AUTHENTICATE,
+            )
+        } else {
+            (
+                hyper::header::PROXY_AUTHORIZATION,
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                "proxy authentication required\n",
-            );
-            response.headers_mut().insert(
                 hyper::header::PROXY_AUTHENTICATE,
+            )
+        };
+        let given = request.headers().get(header).map(|v| v.as_bytes());
+        if !given.is_some_and(|given| constant_time_eq(given, expected.as_bytes())) {
+            let mut response = text(status, "authentication required\n");
+            response.headers_mut().insert(
+                challenge,
                 http::HeaderValue::from_static("Basic realm=\"fluidity\""),
             );
             return Ok(response);
         }
+    }
+    if for_the_proxy {
+        return Ok(local(&proxy, &request));
     }
     if request.method() == hyper::Method::CONNECT {
         return Ok(connect::handle(&proxy, request).await);
