@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use support::{
@@ -228,6 +228,10 @@ async fn go_format_server(dir: &std::path::Path) -> std::net::SocketAddr {
                 let (read, mut write) = tokio::io::split(stream);
                 let mut read = BufReader::with_capacity(256 * 1024, read);
                 loop {
+                    // The agent went away (the test ended).
+                    if !matches!(read.fill_buf().await, Ok(buf) if !buf.is_empty()) {
+                        return;
+                    }
                     let line = read_streamed_line(&mut read).await;
                     let head = &line.head;
                     if head.contains("\"iam_auth_request\"") {
