@@ -591,6 +591,29 @@ async fn plain_http_keeps_one_origin_connection_per_client_connection(carrier: C
         String::from_utf8(body).unwrap(),
         "request 1 on connection 1\nrequest 1 on connection 2\nrequest 1 on connection 3\n"
     );
+    // The origin gets the target's host, not whatever Host the client sent, and no
+    // hop-by-hop or proxy headers.
+    let echo = http_origin().await;
+    let (ok, headers, err) = curl(&[
+        "-x",
+        &proxy,
+        "-H",
+        "Host: elsewhere.example",
+        "-H",
+        "Connection: keep-alive, X-Hop",
+        "-H",
+        "X-Hop: 1",
+        "-H",
+        "X-Kept: 2",
+        &format!("http://{echo}/echo-headers"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let headers = String::from_utf8(headers).unwrap();
+    assert!(headers.contains(&format!("host: {echo}")), "{headers}");
+    assert!(headers.contains("x-kept: 2"), "{headers}");
+    assert!(!headers.contains("x-hop"), "{headers}");
+    assert!(!headers.contains("proxy-"), "{headers}");
     let [a, _, c] = urls(keeping);
     let [_, b, _] = urls(closing);
     let (ok, body, err) = curl(&["-x", &proxy, &a, &b, &c]).await;

@@ -148,13 +148,17 @@ pub(crate) async fn handle(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    if !parts.headers.contains_key(HOST)
-        && let Some(value) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(HOST, value);
+    // A proxy sends the request target's host, whatever `Host` the client sent (RFC 9112
+    // 3.2.2), and never the target's user information.
+    let host_header = match parts.uri.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    match HeaderValue::from_str(&host_header) {
+        Ok(value) => {
+            parts.headers.insert(HOST, value);
+        }
+        Err(_) => return bad_gateway(host, "the request's host is not a valid Host header"),
     }
     parts.uri = Uri::from(origin_form);
     strip_hop_by_hop(&mut parts.headers);
