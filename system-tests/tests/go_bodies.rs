@@ -132,6 +132,7 @@ async fn the_agent_moves_256_mib_each_way_through_a_go_server_in_bounded_memory(
     }
     let download_time = started.elapsed();
     assert_eq!((length, hash), (SIZE, expected));
+    eprintln!("downloaded; uploading");
 
     let started = Instant::now();
     let upload = futures::stream::unfold(0u64, |offset| async move {

@@ -644,13 +644,22 @@ pub async fn start_agent_process(
     env: &[(&str, &str)],
 ) -> (tokio::process::Child, u16) {
     let proxy_port = free_port();
+    // FLUIDITY_TEST_AGENT_LOG=<file>: the agent's debug log goes there (to chase a failure).
+    let (log, level) = match std::env::var_os("FLUIDITY_TEST_AGENT_LOG") {
+        Some(file) => (
+            std::process::Stdio::from(std::fs::File::create(file).unwrap()),
+            "debug",
+        ),
+        None => (std::process::Stdio::null(), "info"),
+    };
     let mut agent = tokio::process::Command::new(binary("fluidity-agent"))
         .args(["--dev", "--server", &server.to_string()])
         .args(["--local-proxy-port", &proxy_port.to_string(), "--cache-dir"])
         .arg(dir)
+        .env("FLUIDITY_LOG_LEVEL", level)
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
