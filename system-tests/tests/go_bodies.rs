@@ -264,6 +264,11 @@ async fn go_format_server(dir: &std::path::Path) -> std::net::SocketAddr {
                         write.write_all(encoded.as_bytes()).await.unwrap();
                     }
                     write.write_all(b"\"}}\n").await.unwrap();
+                    // (To tell, if the test hangs, whether the whole request line arrived.)
+                    eprintln!(
+                        "Go-format server: answered {id} after a {}-byte body (aborted: {})",
+                        line.length, line.aborted
+                    );
                 }
             });
         }
