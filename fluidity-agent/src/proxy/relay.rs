@@ -162,9 +162,11 @@ pub(crate) async fn handle(
     }
     parts.uri = Uri::from(origin_form);
     strip_hop_by_hop(&mut parts.headers);
-    // Only a request without a body that changes nothing may be sent again, when a kept
-    // connection turns out to have been closed by the origin meanwhile.
-    let repeatable = hyper::body::Body::is_end_stream(&body)
+    let mut kept = origin.take(&authority);
+    // Only a request without a body that changes nothing may be sent again, when the origin
+    // turns out to have closed a kept connection as the request went out.
+    let repeatable = kept.is_some()
+        && hyper::body::Body::is_end_stream(&body)
         && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let head = repeatable.then(|| {
         (
@@ -175,7 +177,6 @@ pub(crate) async fn handle(
     });
     let mut request = Request::from_parts(parts, body.boxed());
 
-    let mut kept = origin.take(&authority);
     loop {
         let reused = kept.is_some();
         let mut sender = match kept.take() {
@@ -185,11 +186,15 @@ pub(crate) async fn handle(
                 Err(response) => return response,
             },
         };
-        let sent = match sender.ready().await {
-            Ok(()) => sender.send_request(request).await,
-            Err(e) => Err(e),
-        };
-        match sent {
+        if let Err(e) = sender.ready().await {
+            // The request has not gone out: a kept connection the origin closed meanwhile
+            // is simply replaced.
+            if reused {
+                continue;
+            }
+            return bad_gateway(host, &format!("the origin closed the connection: {e}"));
+        }
+        match sender.send_request(request).await {
             Ok(response) => {
                 origin.keep(authority, sender);
                 let (mut parts, body) = response.into_parts();
