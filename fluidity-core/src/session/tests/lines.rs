@@ -142,6 +142,13 @@ fn a_stalled_line_is_abandoned_and_the_others_go_on() {
     assert!(p.server.is_line_out(big), "not before a whole interval");
     p.server.handle_timeout(check + stall);
     assert!(!p.server.is_line_out(big));
+    let events: Vec<Event> = std::iter::from_fn(|| p.server.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Reset { id, .. } if *id == big)),
+        "the application learns that the line was abandoned: {events:?}"
+    );
     p.pump();
     assert!(
         p.client.recv(big, usize::MAX).is_err() || {
@@ -150,6 +157,43 @@ fn a_stalled_line_is_abandoned_and_the_others_go_on() {
         }
     );
     assert_eq!(read_all(&mut p.client, small), (b"small".to_vec(), true));
+}
+
+/// An agent's upload that stalls is abandoned, and the agent's application learns it at
+/// once: a Go server skips the cut line and never answers, so whoever waits for the answer
+/// would wait forever. (The agent hung like this under load.)
+#[test]
+fn a_stalled_upload_line_ends_the_wait_for_its_answer() {
+    let mut p = line_pair();
+    let stall = p.client.config.legacy_line_stall;
+    let id = p
+        .client
+        .open(Target::Http {
+            method: "POST".into(),
+            url: "http://x/upload".into(),
+            headers: Headers::new(),
+        })
+        .unwrap();
+    // More than the threshold: the body becomes a streamed line, then stops coming.
+    let body = pattern(5, 0, 200 << 10);
+    let mut sent = 0;
+    while sent < body.len() {
+        sent += p.client.send(id, &body[sent..]).unwrap();
+        p.pump();
+    }
+    assert!(p.client.is_line_out(id));
+    while p.client.poll_event().is_some() {}
+    let check = p.client.poll_timeout().unwrap();
+    p.client.handle_timeout(check);
+    p.client.handle_timeout(check + stall);
+    assert!(!p.client.is_line_out(id));
+    let events: Vec<Event> = std::iter::from_fn(|| p.client.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Reset { id: reset, .. } if *reset == id)),
+        "{events:?}"
+    );
 }
 
 #[test]
