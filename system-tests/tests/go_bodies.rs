@@ -26,6 +26,10 @@ const RSS_LIMIT_KIB: u64 = 64 * 1024;
 
 const IAM: &[u8] = b"{\"type\":\"iam_auth_request\",\"payload\":{\"id\":\"0123456789abcdef0123456789abcdef\",\"timestamp\":\"2025-12-10T12:34:56Z\",\"service\":\"tunnel\",\"region\":\"us-east-1\",\"access_key_id\":\"AKIDEXAMPLE\",\"signature\":\"x\",\"signed_headers\":\"\"}}\n";
 
+/// A 256 MiB phase takes under a minute here even on a loaded machine; these tests have hung
+/// under load (docs/testing.md, "Chasing a failure"): fail with a pointer instead of hanging.
+const PHASE_LIMIT: Duration = Duration::from_secs(300);
+
 fn mib_per_second(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / elapsed.as_secs_f64()
 }
@@ -45,8 +49,11 @@ async fn a_go_agent_moves_256_mib_each_way_through_the_server_in_bounded_memory(
         .write_all(format!("{{\"type\":\"http_request\",\"payload\":{{\"id\":\"00000000000000d1\",\"method\":\"GET\",\"url\":\"http://{origin}/bytes/{SIZE}\",\"headers\":{{}}}}}}\n").as_bytes())
         .await
         .unwrap();
-    let download = read_streamed_line(&mut read).await;
+    let download = tokio::time::timeout(PHASE_LIMIT, read_streamed_line(&mut read))
+        .await
+        .expect("the download hung: see docs/testing.md, \"Chasing a failure\"");
     let download_time = started.elapsed();
+    eprintln!("the Go-format agent downloaded; uploading");
     assert!(
         download.head.starts_with("{\"type\":\"http_response\",\"payload\":{\"id\":\"00000000000000d1\",\"status_code\":200,"),
         "{download:?}"
@@ -59,9 +66,14 @@ async fn a_go_agent_moves_256_mib_each_way_through_the_server_in_bounded_memory(
         .write_all(format!("{{\"type\":\"http_request\",\"payload\":{{\"id\":\"00000000000000e1\",\"method\":\"POST\",\"url\":\"http://{origin}/checksum\",\"headers\":{{\"Content-Type\":[\"application/octet-stream\"]}},\"body\":\"").as_bytes())
         .await
         .unwrap();
-    write_base64_pattern(&mut write, SIZE).await;
-    write.write_all(b"\"}}\n").await.unwrap();
-    let answer = read_streamed_line(&mut read).await;
+    let upload = async {
+        write_base64_pattern(&mut write, SIZE).await;
+        write.write_all(b"\"}}\n").await.unwrap();
+        read_streamed_line(&mut read).await
+    };
+    let answer = tokio::time::timeout(PHASE_LIMIT, upload)
+        .await
+        .expect("the upload hung: see docs/testing.md, \"Chasing a failure\"");
     let upload_time = started.elapsed();
     let body = response_body(&answer);
     assert_eq!(body, format!("{SIZE} {expected:016x}"), "{answer:?}");
@@ -146,7 +158,7 @@ async fn the_agent_moves_256_mib_each_way_through_a_go_server_in_bounded_memory(
     // This phase has hung under heavy load (docs/testing.md, "Chasing a failure"): fail with
     // a pointer rather than hang the run.
     let answer = tokio::time::timeout(
-        Duration::from_secs(300),
+        PHASE_LIMIT,
         client
             .post("http://go-server.test/upload")
             .body(reqwest::Body::wrap_stream(upload))
