@@ -104,10 +104,7 @@ async fn websocket_through_connect(carrier: Carrier) {
 
 /// Starts tinyproxy on a free loopback port; returns the port and the child.
 async fn tinyproxy(dir: &std::path::Path) -> (u16, tokio::process::Child) {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = support::free_port();
     let config = dir.join("tinyproxy.conf");
     std::fs::write(
         &config,
@@ -299,10 +296,7 @@ async fn go_ws_open_is_served_by_the_server(carrier: Carrier) {
 
 async fn health_and_metrics_endpoints(carrier: Carrier) {
     let origin = http_origin().await;
-    let health = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let health = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     let tunnel = Tunnel::start_on_with(
         carrier,
         move |server| server.health_addr = Some(health),

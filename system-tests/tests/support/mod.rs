@@ -683,12 +683,30 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 /// A port that was free a moment ago (for processes that take a port, not a listener).
+///
+/// It comes from below the kernel's ephemeral range (32768–60999 here): a port the kernel
+/// hands out can become an outgoing connection's source port (another test's curl, say)
+/// before the process that was meant to listen on it binds it (seen: a server's health port,
+/// "Address already in use").
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each process starts somewhere else, so concurrent test binaries rarely meet.
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id().wrapping_mul(7919) % COUNT + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + COUNT)
 }
 
 /// Waits until `child` (named `what` in failures) listens on `port`; panics with its stderr
