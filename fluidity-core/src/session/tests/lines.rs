@@ -159,6 +159,17 @@ fn a_stalled_line_is_abandoned_and_the_others_go_on() {
     assert_eq!(read_all(&mut p.client, small), (b"small".to_vec(), true));
 }
 
+/// The client opens `POST http://x/upload`.
+fn open_upload(p: &mut Pair) -> StreamId {
+    p.client
+        .open(Target::Http {
+            method: "POST".into(),
+            url: "http://x/upload".into(),
+            headers: Headers::new(),
+        })
+        .unwrap()
+}
+
 /// An agent's upload that stalls is abandoned, and the agent's application learns it at
 /// once: a Go server skips the cut line and never answers, so whoever waits for the answer
 /// would wait forever. (The agent hung like this under load.)
@@ -166,14 +177,7 @@ fn a_stalled_line_is_abandoned_and_the_others_go_on() {
 fn a_stalled_upload_line_ends_the_wait_for_its_answer() {
     let mut p = line_pair();
     let stall = p.client.config.legacy_line_stall;
-    let id = p
-        .client
-        .open(Target::Http {
-            method: "POST".into(),
-            url: "http://x/upload".into(),
-            headers: Headers::new(),
-        })
-        .unwrap();
+    let id = open_upload(&mut p);
     // More than the threshold: the body becomes a streamed line, then stops coming.
     let body = pattern(5, 0, 200 << 10);
     let mut sent = 0;
@@ -199,14 +203,7 @@ fn a_stalled_upload_line_ends_the_wait_for_its_answer() {
 #[test]
 fn a_large_upload_streams_inside_one_line() {
     let mut p = line_pair();
-    let id = p
-        .client
-        .open(Target::Http {
-            method: "POST".into(),
-            url: "http://x/upload".into(),
-            headers: Headers::new(),
-        })
-        .unwrap();
+    let id = open_upload(&mut p);
     let body = pattern(4, 0, 500 << 10);
     let mut sent = 0;
     while sent < body.len() {
