@@ -9,9 +9,7 @@ impl Session {
         tracing::debug!(%id, %violation, "stream protocol violation");
         match self.streams.get(&id) {
             Some(stream) if stream.phase != Phase::Dead => {
-                let error = StreamError::Violation(violation);
-                self.reset_with(id, error.clone());
-                self.events.push_back(Event::Reset { id, error });
+                self.abort_stream(id, StreamError::Violation(violation));
             }
             Some(_) => {}
             None => {

@@ -145,13 +145,14 @@ impl Session {
             Some(_) if line.sent == line.checked && room => {
                 let id = line.id;
                 tracing::info!(%id, ?stall, "a streamed body stalled; abandoning it");
-                let error = StreamError::Reset(format!(
-                    "the body made no progress for {stall:?} while it held the tunnel's output"
-                ));
-                self.reset_with(id, error.clone());
-                // The application must learn it too: whoever waits for this stream's answer
-                // would otherwise wait forever (a Go peer skips the cut line and never answers).
-                self.events.push_back(Event::Reset { id, error });
+                // Reported to the application too: whoever waits for this stream's answer
+                // would otherwise wait forever (a Go peer skips the cut line, never answers).
+                self.abort_stream(
+                    id,
+                    StreamError::Reset(format!(
+                        "the body made no progress for {stall:?} while it held the tunnel's output"
+                    )),
+                );
             }
             _ => {
                 line.checked = line.sent;

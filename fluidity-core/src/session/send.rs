@@ -258,6 +258,14 @@ impl Session {
 
     /// Kills a live stream with `error` and tells the peer (the error's text is the reason
     /// it reads).
+    /// The session itself gives up on stream `id` (a protocol violation, a stalled line):
+    /// resets it like [`Session::reset_with`] and tells the application, which did not ask
+    /// for it and may be waiting on the stream.
+    pub(super) fn abort_stream(&mut self, id: StreamId, error: StreamError) {
+        self.reset_with(id, error.clone());
+        self.events.push_back(Event::Reset { id, error });
+    }
+
     pub(super) fn reset_with(&mut self, id: StreamId, error: StreamError) {
         let Some(stream) = self.streams.get(&id) else {
             return;
