@@ -465,3 +465,50 @@ async fn the_final_flush_after_close_has_a_deadline() {
     );
     drop(theirs);
 }
+
+/// Frames already read when input paused are decoded once input resumes, even if the socket
+/// has nothing more to say. (The driver used to wait for the socket first, so a Go peer's
+/// last envelopes, read together with a body that filled the connection window, stayed in
+/// its read buffer forever: the 256 MiB `go_bodies` transfers hung now and then under load.)
+#[tokio::test]
+async fn frames_read_before_input_paused_are_decoded_when_it_resumes() {
+    use base64::Engine as _;
+    let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+    let config = SessionConfig {
+        connection_window: 16 * 1024,
+        ..SessionConfig::default()
+    };
+    let server = Connection::spawn(
+        ours,
+        Session::server(CodecKind::Json, config, Instant::now()),
+    );
+    // A Go agent writes two requests at once: the first one's body alone fills the
+    // connection window, so the session stops decoding with the second still buffered.
+    let body = vec![7u8; 32 * 1024];
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&body);
+    let mut wire = Vec::new();
+    for (id, body) in [
+        ("00000000000000a1", encoded.as_str()),
+        ("00000000000000a2", "aGk="),
+    ] {
+        wire.extend_from_slice(format!("{{\"type\":\"http_request\",\"payload\":{{\"id\":\"{id}\",\"method\":\"POST\",\"url\":\"http://example.com/\",\"headers\":{{}},\"body\":\"{body}\"}}}}\n").as_bytes());
+    }
+    theirs.write_all(&wire).await.unwrap();
+    let first = server.accept().await.unwrap();
+    let mut first = first.defer();
+    // Let the driver read everything and pause before the application reads.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut received = Vec::new();
+    first.read_to_end(&mut received).await.unwrap();
+    assert_eq!(received, body);
+    let second = tokio::time::timeout(Duration::from_secs(10), server.accept())
+        .await
+        .expect("the buffered second request must arrive once the first body was read")
+        .unwrap();
+    assert!(
+        matches!(second.target(), Target::Http { url, .. } if url == "http://example.com/"),
+        "{:?}",
+        second.target()
+    );
+    drop(theirs);
+}

@@ -33,6 +33,9 @@ pub struct Driver<T> {
     write_stall_timeout: std::time::Duration,
     /// Set once the session is closed: when the driver gives up flushing.
     close_deadline: Option<tokio::time::Instant>,
+    /// `read_buf` may hold whole frames the session did not take because input paused: they
+    /// must be fed when it resumes, before (and whether or not) the socket has more.
+    unfed: bool,
 }
 
 impl<T> Driver<T> {
@@ -52,6 +55,7 @@ impl<T> Driver<T> {
             write_stalled_since: None,
             write_stall_timeout,
             close_deadline: None,
+            unfed: false,
         }
     }
 }
@@ -134,6 +138,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 return Step::Idle;
             }
         }
+        if self.unfed {
+            // What was read before input paused comes first; the socket may have nothing
+            // more to say (a peer's last frames, read together with what filled the window).
+            return self.feed_session();
+        }
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
             self.read_buf.reserve(READ_CHUNK);
         }
@@ -144,24 +153,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 state.dispatch_events();
                 Step::Finished(Ok(()))
             }
-            Poll::Ready(Ok(_)) => {
-                let now = tokio::time::Instant::now().into_std();
-                let mut state = self.shared.lock();
-                let heard_before = state.session.peer_heard();
-                let result = state.session.receive(&mut self.read_buf, now);
-                if !heard_before && state.session.peer_heard() {
-                    state.closed_wakers.drain(..).for_each(Waker::wake);
-                }
-                state.dispatch_events();
-                if let Err(err) = result {
-                    tracing::warn!(%err, "closing a corrupt tunnel");
-                    self.failure = Some(err);
-                }
-                Step::Progress
-            }
+            Poll::Ready(Ok(_)) => self.feed_session(),
             Poll::Ready(Err(e)) => self.fail(CloseReason::io("reading from the tunnel", &e)),
             Poll::Pending => Step::Idle,
         }
+    }
+
+    /// Hands `read_buf` to the session, which takes whole frames while it wants input.
+    fn feed_session(&mut self) -> Step {
+        let now = tokio::time::Instant::now().into_std();
+        let mut state = self.shared.lock();
+        let heard_before = state.session.peer_heard();
+        let result = state.session.receive(&mut self.read_buf, now);
+        // Stopped by backpressure with bytes left: they may be whole frames.
+        self.unfed = !self.read_buf.is_empty() && !state.session.wants_input();
+        if !heard_before && state.session.peer_heard() {
+            state.closed_wakers.drain(..).for_each(Waker::wake);
+        }
+        state.dispatch_events();
+        if let Err(err) = result {
+            tracing::warn!(%err, "closing a corrupt tunnel");
+            self.failure = Some(err);
+        }
+        Step::Progress
     }
 
     /// Heartbeats and the session's deadlines, and the write-stall deadline: output that has

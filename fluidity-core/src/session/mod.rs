@@ -320,8 +320,11 @@ impl Session {
         self.config.transmit_high_water + self.config.max_chunk + REPLY_ALLOWANCE
     }
 
-    /// Feeds received bytes. Complete frames are consumed from `src`; a partial frame stays.
-    /// An error means the byte stream is corrupt: the session is closed.
+    /// Feeds received bytes. Complete frames are consumed from `src` while
+    /// [`Session::wants_input`] holds; a partial frame stays, and so do whole frames left when
+    /// input paused: feed `src` again once `wants_input` returns true, before waiting for more
+    /// bytes (the peer may have nothing more to send). An error means the byte stream is
+    /// corrupt: the session is closed.
     pub fn receive(&mut self, src: &mut BytesMut, now: Instant) -> Result<()> {
         if let Some(reason) = &self.closed {
             return Err(Error::Closed(reason.clone()));
