@@ -143,20 +143,40 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             // more to say (a peer's last frames, read together with what filled the window).
             return self.feed_session();
         }
-        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-            self.read_buf.reserve(READ_CHUNK);
-        }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
-            Poll::Ready(Ok(0)) => {
-                let mut state = self.shared.lock();
-                state.session.receive_eof();
-                state.dispatch_events();
-                Step::Finished(Ok(()))
+        // Read what the socket has, up to READ_CHUNK, before handing it over: over TLS each
+        // read returns at most one record (16 KiB), and one hand-over per record would take
+        // the session lock and wake the streams' readers four times as often.
+        let mut read = 0;
+        loop {
+            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+                if read > 0 {
+                    break;
+                }
+                self.read_buf.reserve(READ_CHUNK);
             }
-            Poll::Ready(Ok(_)) => self.feed_session(),
-            Poll::Ready(Err(e)) => self.fail(CloseReason::io("reading from the tunnel", &e)),
-            Poll::Pending => Step::Idle,
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+                // The end: what came before it goes in first (the end is seen again next round).
+                Poll::Ready(Ok(0)) if read > 0 => break,
+                Poll::Ready(Ok(0)) => {
+                    let mut state = self.shared.lock();
+                    state.session.receive_eof();
+                    state.dispatch_events();
+                    return Step::Finished(Ok(()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    read += n;
+                    if read >= READ_CHUNK {
+                        break;
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    return self.fail(CloseReason::io("reading from the tunnel", &e));
+                }
+                Poll::Pending if read > 0 => break,
+                Poll::Pending => return Step::Idle,
+            }
         }
+        self.feed_session()
     }
 
     /// Hands `read_buf` to the session, which takes whole frames while it wants input.

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
-use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, handshake_error};
+use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, ReadAhead, handshake_error};
 use crate::codec::{ALPN_BINARY, CodecKind};
 use crate::error::{Error, Result};
 use crate::pki::verify::ServerVerifier;
@@ -110,13 +110,16 @@ impl TlsConnector {
     }
 
     /// Dials `address` over TCP and runs the handshake.
-    pub async fn connect(&self, address: SocketAddr) -> Result<Established<TlsStream<TcpStream>>> {
+    pub async fn connect(
+        &self,
+        address: SocketAddr,
+    ) -> Result<Established<TlsStream<ReadAhead<TcpStream>>>> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| Error::Timeout("connecting to the server", self.connect_timeout))?
             .map_err(|e| Error::io(format!("connecting to {address}"), e))?;
         crate::transport::tune_tunnel_socket(&tcp);
-        self.handshake(tcp, address).await
+        self.handshake(ReadAhead::new(tcp), address).await
     }
 }
 

@@ -10,6 +10,7 @@
 mod acceptor;
 mod client;
 mod connector;
+mod read_ahead;
 mod transport;
 mod websocket;
 mod ws_bytes;
@@ -19,6 +20,7 @@ use std::time::Duration;
 pub use acceptor::TlsAcceptor;
 pub use client::{ClientIdentity, TlsClient};
 pub use connector::TlsConnector;
+pub use read_ahead::{READ_AHEAD, ReadAhead};
 pub use tokio_rustls::TlsStream;
 pub use transport::TlsTransport;
 pub use websocket::{TunnelStream, WebSocketClient, WebSocketServer, WebSocketTransport};

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsStream;
 
-use super::{TlsAcceptor, TlsClient};
+use super::{ReadAhead, TlsAcceptor, TlsClient};
 use crate::error::{Error, Result};
 use crate::locate::ServerInfo;
 use crate::transport::{Established, Route, Transport};
@@ -64,7 +64,7 @@ pub(super) async fn accept_tcp(listener: Option<&TcpListener>) -> Result<(TcpStr
 
 impl Transport for TlsTransport {
     type Raw = TcpStream;
-    type Stream = TlsStream<TcpStream>;
+    type Stream = TlsStream<ReadAhead<TcpStream>>;
 
     async fn accept(&self) -> Result<(TcpStream, SocketAddr)> {
         accept_tcp(self.listener.as_ref()).await
@@ -79,7 +79,7 @@ impl Transport for TlsTransport {
             .acceptor
             .as_ref()
             .ok_or_else(|| not_configured("handshaking"))?;
-        acceptor.accept(raw, peer).await
+        acceptor.accept(ReadAhead::new(raw), peer).await
     }
 
     async fn connect(&self, server: &ServerInfo) -> Result<Established<Self::Stream>> {
@@ -96,6 +96,6 @@ impl Transport for TlsTransport {
                 client.connect_timeout(),
             )
             .await?;
-        connector.handshake(tcp, address).await
+        connector.handshake(ReadAhead::new(tcp), address).await
     }
 }

@@ -27,7 +27,7 @@ use tokio_rustls::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request};
 
 use super::transport::{accept_tcp, not_configured};
-use super::{DEFAULT_HANDSHAKE_TIMEOUT, TlsAcceptor, TlsClient, WsBytes, ws_bytes};
+use super::{DEFAULT_HANDSHAKE_TIMEOUT, ReadAhead, TlsAcceptor, TlsClient, WsBytes, ws_bytes};
 use crate::error::{Error, Result};
 use crate::locate::ServerInfo;
 use crate::pki::crypto_provider;
@@ -49,7 +49,7 @@ pub enum Outer {
 #[derive(Debug)]
 pub enum TunnelStream {
     /// Mutual TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
     /// Mutual TLS inside a WebSocket.
     WebSocket(Box<TlsStream<WsBytes<Outer>>>),
 }
@@ -355,7 +355,7 @@ impl Transport for WebSocketTransport {
             ));
         }
         if first[0] == TLS_HANDSHAKE_RECORD {
-            let established = acceptor.accept(raw, peer).await?;
+            let established = acceptor.accept(ReadAhead::new(raw), peer).await?;
             return Ok(established.map(|stream| TunnelStream::Tls(Box::new(stream))));
         }
         let (socket, agent) = tokio::time::timeout(deadline, upgrade(raw, peer, websocket))
