@@ -185,7 +185,7 @@ async fn the_agent_moves_256_mib_each_way_through_a_go_server_in_bounded_memory(
     assert!(rss < RSS_LIMIT_KIB, "the agent's peak RSS was {rss} KiB");
 }
 
-type GoAgentStream = tokio_rustls::TlsStream<fluidity_core::tls::ReadAhead<tokio::net::TcpStream>>;
+type GoAgentStream = fluidity_core::tls::TlsTcpStream;
 
 /// A Go-format agent's session with a `fluidity-server` process started in `dir`: mutual TLS
 /// up, the IAM exchange done. Returns the server process and both halves of the session.

@@ -153,13 +153,8 @@ async fn the_agent_reaches_the_server_through_an_upstream_proxy(carrier: Carrier
     assert!(log.contains(&format!("CONNECT {}", tunnel.server)), "{log}");
 }
 
-type GoLines = tokio::io::Lines<
-    BufReader<
-        tokio::io::ReadHalf<tokio_rustls::TlsStream<fluidity_core::tls::ReadAhead<TcpStream>>>,
-    >,
->;
-type GoWriter =
-    tokio::io::WriteHalf<tokio_rustls::TlsStream<fluidity_core::tls::ReadAhead<TcpStream>>>;
+type GoLines = tokio::io::Lines<BufReader<tokio::io::ReadHalf<fluidity_core::tls::TlsTcpStream>>>;
+type GoWriter = tokio::io::WriteHalf<fluidity_core::tls::TlsTcpStream>;
 
 /// A client that talks to the server like a Go agent: a CA-issued certificate for the
 /// server's ARN (with a key like Go's when RSA), mutual TLS without ALPN, JSON lines.

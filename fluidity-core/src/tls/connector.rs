@@ -11,7 +11,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
-use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, ReadAhead, handshake_error};
+use super::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, ReadAhead, TlsTcpStream, handshake_error,
+};
 use crate::codec::{ALPN_BINARY, CodecKind};
 use crate::error::{Error, Result};
 use crate::pki::verify::ServerVerifier;
@@ -110,10 +112,7 @@ impl TlsConnector {
     }
 
     /// Dials `address` over TCP and runs the handshake.
-    pub async fn connect(
-        &self,
-        address: SocketAddr,
-    ) -> Result<Established<TlsStream<ReadAhead<TcpStream>>>> {
+    pub async fn connect(&self, address: SocketAddr) -> Result<Established<TlsTcpStream>> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| Error::Timeout("connecting to the server", self.connect_timeout))?

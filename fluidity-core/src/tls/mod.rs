@@ -22,6 +22,10 @@ pub use client::{ClientIdentity, TlsClient};
 pub use connector::TlsConnector;
 pub use read_ahead::{READ_AHEAD, ReadAhead};
 pub use tokio_rustls::TlsStream;
+
+/// A tunnel's mutual TLS straight over TCP, with [`ReadAhead`] under rustls (what
+/// [`TlsTransport`] and [`TlsConnector::connect`] make).
+pub type TlsTcpStream = TlsStream<ReadAhead<tokio::net::TcpStream>>;
 pub use transport::TlsTransport;
 pub use websocket::{TunnelStream, WebSocketClient, WebSocketServer, WebSocketTransport};
 pub use ws_bytes::WsBytes;

@@ -3,9 +3,8 @@
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsStream;
 
-use super::{ReadAhead, TlsAcceptor, TlsClient};
+use super::{ReadAhead, TlsAcceptor, TlsClient, TlsTcpStream};
 use crate::error::{Error, Result};
 use crate::locate::ServerInfo;
 use crate::transport::{Established, Route, Transport};
@@ -64,7 +63,7 @@ pub(super) async fn accept_tcp(listener: Option<&TcpListener>) -> Result<(TcpStr
 
 impl Transport for TlsTransport {
     type Raw = TcpStream;
-    type Stream = TlsStream<ReadAhead<TcpStream>>;
+    type Stream = TlsTcpStream;
 
     async fn accept(&self) -> Result<(TcpStream, SocketAddr)> {
         accept_tcp(self.listener.as_ref()).await

@@ -27,7 +27,9 @@ use tokio_rustls::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request};
 
 use super::transport::{accept_tcp, not_configured};
-use super::{DEFAULT_HANDSHAKE_TIMEOUT, ReadAhead, TlsAcceptor, TlsClient, WsBytes, ws_bytes};
+use super::{
+    DEFAULT_HANDSHAKE_TIMEOUT, ReadAhead, TlsAcceptor, TlsClient, TlsTcpStream, WsBytes, ws_bytes,
+};
 use crate::error::{Error, Result};
 use crate::locate::ServerInfo;
 use crate::pki::crypto_provider;
@@ -49,7 +51,7 @@ pub enum Outer {
 #[derive(Debug)]
 pub enum TunnelStream {
     /// Mutual TLS over TCP.
-    Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
+    Tls(Box<TlsTcpStream>),
     /// Mutual TLS inside a WebSocket.
     WebSocket(Box<TlsStream<WsBytes<Outer>>>),
 }

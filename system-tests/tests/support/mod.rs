@@ -746,7 +746,7 @@ pub async fn go_agent_tls(
     server: SocketAddr,
     arn: &str,
     algorithm: fluidity_core::pki::KeyAlgorithm,
-) -> tokio_rustls::TlsStream<fluidity_core::tls::ReadAhead<tokio::net::TcpStream>> {
+) -> fluidity_core::tls::TlsTcpStream {
     let (ca, identity) = issue_identity(ca_dir, arn, algorithm);
     let roots = fluidity_core::pki::root_store("CA", ca.certificate_pem().as_bytes()).unwrap();
     let connector = fluidity_core::tls::TlsConnector::arn(&identity, roots, arn)
