@@ -41,6 +41,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    fluidity_core::cli::keep_freed_buffers();
     let args = Args::parse();
     let mut flags = Flags::new();
     flags

@@ -1,5 +1,6 @@
 //! What every Fluidity binary sets up the same way: configuration from file, environment and
-//! flags ([`Flags`], [`load_config`]), and logging ([`init_logging`]).
+//! flags ([`Flags`], [`load_config`]), logging ([`init_logging`]), and the allocator
+//! ([`keep_freed_buffers`]).
 //!
 //! Logs go to stderr (stdout is for what a program prints for its user, and for the server's
 //! metric lines). Colours only on a terminal: a file, a pipe, journald or CloudWatch would show
@@ -38,6 +39,34 @@ impl Flags {
     /// `false` over the file and the environment).
     pub fn switch(&mut self, key: &'static str, given: bool) -> &mut Self {
         self.set(key, given.then_some("true"))
+    }
+}
+
+/// Free memory glibc keeps at the top of a heap before it hands it back to the kernel, once
+/// [`keep_freed_buffers`] has run (glibc's default is 128 KiB).
+pub const HEAP_TRIM_THRESHOLD: usize = 2 * 1024 * 1024;
+
+/// Makes glibc keep up to [`HEAP_TRIM_THRESHOLD`] of freed memory per heap instead of 128 KiB.
+/// Call it first thing in `main`.
+///
+/// Why: a tunnel allocates and frees 64 KiB buffers all the time (read buffers are freed
+/// whenever a socket drains, so that idle tunnels hold none). With glibc's default threshold,
+/// each time the top of a heap holds more than 128 KiB of free memory it is returned to the
+/// kernel, and the next buffer takes a page fault per 4 KiB to get it back: 80,000 faults per
+/// GB on the server during an upload, and a quarter of its CPU (docs/performance.md).
+///
+/// How, without `unsafe` (`mallopt` is an FFI call, and the workspace forbids `unsafe`): glibc
+/// raises its mmap threshold to the size of a freed mmap-backed block, and its trim threshold
+/// to twice that ("dynamic mmap threshold" in mallopt(3)). Freeing one block of half the wanted
+/// trim threshold, allocated above the default 128 KiB mmap threshold, sets both. The cost is
+/// bounded: at most [`HEAP_TRIM_THRESHOLD`] of free memory stays mapped per malloc arena.
+/// `GLIBC_TUNABLES`/`MALLOC_*_` settings in the environment turn the dynamic thresholds off,
+/// and so win. Other allocators and C libraries ignore this.
+pub fn keep_freed_buffers() {
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        let block: Vec<u8> = Vec::with_capacity(HEAP_TRIM_THRESHOLD / 2);
+        // black_box: an allocation never used may be optimised away, and then nothing is freed.
+        drop(std::hint::black_box(block));
     }
 }
 
