@@ -3,6 +3,7 @@
 //! process's page faults.)
 
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
+#![allow(clippy::expect_used)] // test code: a failure should panic
 
 /// Minor page faults of this process so far (`/proc/self/stat`, field 10).
 fn minor_faults() -> u64 {

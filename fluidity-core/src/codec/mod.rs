@@ -112,6 +112,17 @@ pub enum DataFrame<'a> {
     WebSocket(StreamId, u8, &'a [u8]),
 }
 
+impl<'a> DataFrame<'a> {
+    /// The data the frame carries.
+    pub fn data(&self) -> &'a [u8] {
+        match *self {
+            DataFrame::Connect(_, data)
+            | DataFrame::Body(_, data)
+            | DataFrame::WebSocket(_, _, data) => data,
+        }
+    }
+}
+
 /// The two wire formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CodecKind {

@@ -1,8 +1,9 @@
 //! The driver task: socket I/O and timers for one session, in steps that each do one thing
 //! (`drive_transmit`, `drive_receive`, `drive_timers`, `drive_close`).
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -22,7 +23,9 @@ pub struct Driver<T> {
     pub(super) shared: Arc<Shared>,
     io: T,
     read_buf: BytesMut,
-    pending_write: Option<Bytes>,
+    /// Output taken from the session and not yet written, oldest first (at most
+    /// [`WRITE_SLICES`] buffers).
+    pending_write: VecDeque<Bytes>,
     needs_flush: bool,
     timer: Pin<Box<Sleep>>,
     /// Why the session failed (reported when the driver ends).
@@ -48,7 +51,7 @@ impl<T> Driver<T> {
             shared,
             io,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
-            pending_write: None,
+            pending_write: VecDeque::new(),
             needs_flush: false,
             timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             failure: None,
@@ -57,6 +60,24 @@ impl<T> Driver<T> {
             close_deadline: None,
             unfed: false,
         }
+    }
+}
+
+/// Most output buffers handed to one vectored write.
+const WRITE_SLICES: usize = 8;
+
+/// Drops the first `n` bytes of `pending`.
+fn consume(pending: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = pending.front_mut() else {
+            return;
+        };
+        if front.len() > n {
+            front.advance(n);
+            return;
+        }
+        n -= front.len();
+        pending.pop_front();
     }
 }
 
@@ -84,25 +105,34 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     fn drive_transmit(&mut self, cx: &mut Context<'_>) -> Step {
         let mut progress = false;
         loop {
-            if self.pending_write.is_none() {
+            if self.pending_write.is_empty() {
                 let mut state = self.shared.lock();
-                self.pending_write = state.session.poll_transmit();
+                while self.pending_write.len() < WRITE_SLICES {
+                    match state.session.poll_transmit() {
+                        Some(bytes) => self.pending_write.push_back(bytes),
+                        None => break,
+                    }
+                }
                 state.dispatch_events();
             }
-            let Some(buf) = self.pending_write.as_mut() else {
+            if self.pending_write.is_empty() {
                 self.write_stalled_since = None;
                 break;
-            };
-            match Pin::new(&mut self.io).poll_write(cx, buf) {
+            }
+            // All of it in one call: the session's output comes in several buffers, and TLS
+            // encrypts up to its buffer limit (64 KiB) per write to the socket.
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            for (slice, bytes) in slices.iter_mut().zip(&self.pending_write) {
+                *slice = IoSlice::new(bytes);
+            }
+            let count = self.pending_write.len();
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]) {
                 Poll::Ready(Ok(0)) => {
                     let zero = io::Error::from(io::ErrorKind::WriteZero);
                     return self.fail(CloseReason::io("writing to the tunnel", &zero));
                 }
                 Poll::Ready(Ok(n)) => {
-                    buf.advance(n);
-                    if buf.is_empty() {
-                        self.pending_write = None;
-                    }
+                    consume(&mut self.pending_write, n);
                     self.needs_flush = true;
                     self.write_stalled_since = None;
                     progress = true;
@@ -117,7 +147,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 }
             }
         }
-        if self.needs_flush && self.pending_write.is_none() {
+        if self.needs_flush && self.pending_write.is_empty() {
             match Pin::new(&mut self.io).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.needs_flush = false,
                 Poll::Ready(Err(e)) => {
@@ -251,7 +281,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             tracing::debug!("giving up flushing a closed tunnel: the peer reads nothing");
             return Step::Finished(self.failure.take().map_or(Ok(()), Err));
         }
-        if self.pending_write.is_some() || self.needs_flush {
+        if !self.pending_write.is_empty() || self.needs_flush {
             return if self.arm_timer(cx, deadline) {
                 Step::Progress
             } else {

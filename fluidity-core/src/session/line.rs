@@ -42,7 +42,8 @@ impl Session {
                 self.stream_mut(id)?.send_blocked = !data.is_empty();
                 return Ok(0);
             }
-            self.codec.encode_line_body(&data[..n], &mut self.transmit);
+            self.codec
+                .encode_line_body(&data[..n], self.transmit.room_for(base64_len(n)));
             if let Some(line) = &mut self.line_out {
                 line.sent += n as u64;
             }
@@ -94,8 +95,9 @@ impl Session {
         let body = stream.legacy_body.split().freeze();
         self.legacy_release(id, body.len());
         self.codec
-            .encode_line_start(&envelope, &mut self.transmit)?;
-        self.codec.encode_line_body(&body, &mut self.transmit);
+            .encode_line_start(&envelope, self.transmit.room_for(CONTROL_FRAME))?;
+        self.codec
+            .encode_line_body(&body, self.transmit.room_for(base64_len(body.len())));
         tracing::debug!(%id, "streaming a whole-body envelope for a Go peer");
         self.line_out = Some(LineOut {
             id,
@@ -117,9 +119,10 @@ impl Session {
         if self.line_out.take().is_none() {
             return;
         }
-        self.codec.encode_line_end(aborted, &mut self.transmit);
-        let deferred = self.deferred.split();
-        self.transmit.extend_from_slice(&deferred);
+        self.codec
+            .encode_line_end(aborted, self.transmit.room_for(CONTROL_FRAME));
+        let deferred = self.deferred.split().freeze();
+        self.transmit.push(deferred);
         self.wake_blocked_writers();
     }
 

@@ -25,6 +25,7 @@ mod flow;
 mod input;
 mod line;
 mod open;
+mod output;
 mod reason;
 mod recv;
 mod send;
@@ -43,6 +44,7 @@ use config::decode_limit;
 pub use event::{Event, Recv};
 use flow::{RecvWindow, SendWindow};
 use open::tunnel_error_response;
+use output::Output;
 pub use reason::{CloseReason, Refusal, StreamError, Violation};
 pub use stream::{Chunk, Reply, Target};
 use stream::{Kind, Phase, Stream};
@@ -86,6 +88,17 @@ const REPLY_ALLOWANCE: usize = 64 * 1024;
 
 /// The longest `iam_auth_request` id answered (Go agents send a UUID); the answer echoes it.
 const MAX_IAM_ID: usize = 256;
+
+/// Room asked of the output for a control frame: most fit, a larger one still goes in whole.
+const CONTROL_FRAME: usize = 512;
+
+/// A binary data frame's bytes beyond its data: length, type, stream id, WebSocket type.
+const DATA_FRAME_OVERHEAD: usize = 4 + 1 + 8 + 1;
+
+/// Bytes of `n` bytes in base64 (JSON lines carry data that way).
+fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
 
 /// Received data chunks shorter than this are copied out of the read buffer instead of
 /// sliced from it: a slice keeps the whole buffer allocation alive, and a peer could pin a
@@ -152,7 +165,8 @@ pub struct Session {
     line_in: Option<StreamId>,
     /// The latest time the driver told us (for the line stall check).
     now: Instant,
-    transmit: BytesMut,
+    /// Encoded frames waiting for the driver.
+    transmit: Output,
     events: VecDeque<Event>,
     closed: Option<CloseReason>,
     last_rx: Instant,
@@ -208,7 +222,7 @@ impl Session {
             deferred: BytesMut::new(),
             line_in: None,
             now,
-            transmit: BytesMut::with_capacity(64 * 1024),
+            transmit: Output::new(),
             events: VecDeque::new(),
             closed: None,
             last_rx: now,
@@ -377,10 +391,7 @@ impl Session {
 
     /// Bytes to write to the socket, if any. Taking them frees buffer space for writers.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        if self.transmit.is_empty() {
-            return None;
-        }
-        let out = self.transmit.split().freeze();
+        let out = self.transmit.take()?;
         self.wake_blocked_writers();
         Some(out)
     }
@@ -465,7 +476,7 @@ impl Session {
         let out = if self.line_out.is_some() {
             &mut self.deferred
         } else {
-            &mut self.transmit
+            self.transmit.room_for(CONTROL_FRAME)
         };
         if let Err(err) = self.codec.encode(envelope, out) {
             tracing::warn!(%err, "dropping an envelope that cannot be encoded");
@@ -473,10 +484,14 @@ impl Session {
     }
 
     pub(super) fn emit_data(&mut self, frame: DataFrame<'_>) {
+        let size = match self.codec.kind() {
+            CodecKind::Binary => frame.data().len() + DATA_FRAME_OVERHEAD,
+            CodecKind::Json => base64_len(frame.data().len()) + CONTROL_FRAME,
+        };
         let out = if self.line_out.is_some() {
             &mut self.deferred
         } else {
-            &mut self.transmit
+            self.transmit.room_for(size)
         };
         if let Err(err) = self.codec.encode_data(frame, out) {
             tracing::warn!(%err, "dropping a data frame that cannot be encoded");
