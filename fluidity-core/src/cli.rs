@@ -52,7 +52,7 @@ pub const HEAP_TRIM_THRESHOLD: usize = 2 * 1024 * 1024;
 /// Why: a tunnel allocates and frees 64 KiB buffers all the time (read buffers are freed
 /// whenever a socket drains, so that idle tunnels hold none). With glibc's default threshold,
 /// each time the top of a heap holds more than 128 KiB of free memory it is returned to the
-/// kernel, and the next buffer takes a page fault per 4 KiB to get it back: 80,000 faults per
+/// kernel, and the next buffer takes a page fault per 4 KiB to get it back: 57,000–86,000 per
 /// GB on the server during an upload, and a quarter of its CPU (docs/performance.md).
 ///
 /// How, without `unsafe` (`mallopt` is an FFI call, and the workspace forbids `unsafe`): glibc

@@ -30,7 +30,9 @@ impl Output {
         Output {
             sealed: VecDeque::new(),
             sealed_len: 0,
-            // Allocated when the first frame is queued: an idle session holds none.
+            // Allocated when the first frame is queued, so a session that never sends holds
+            // none. Afterwards it keeps what is left of its last buffer (at most BUFFER), so
+            // that a burst does not start with an allocation.
             open: BytesMut::new(),
         }
     }
