@@ -154,10 +154,14 @@ impl TlsAcceptor {
                 config,
             } => self.config_for(config, verifier, manager.current()?)?,
         };
-        let stream = start
+        let mut stream = start
             .into_stream(config)
             .await
             .map_err(|e| handshake_error(context(), e))?;
+        stream
+            .get_mut()
+            .1
+            .set_buffer_limit(Some(super::SEND_BUFFER_LIMIT));
         let (_, connection) = stream.get_ref();
         if let ServerMode::Arn { .. } = &self.mode {
             check_peer_ip(connection.peer_certificates(), peer.ip())

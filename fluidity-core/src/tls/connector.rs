@@ -97,12 +97,17 @@ impl TlsConnector {
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(dialled.ip().into()));
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
-        let stream = tokio::time::timeout(self.handshake_timeout, connector.connect(name, stream))
-            .await
-            .map_err(|_| Error::Timeout("TLS handshake", self.handshake_timeout))
-            .and_then(|r| {
-                r.map_err(|e| handshake_error(format!("TLS handshake with {dialled}"), e))
-            })?;
+        let mut stream =
+            tokio::time::timeout(self.handshake_timeout, connector.connect(name, stream))
+                .await
+                .map_err(|_| Error::Timeout("TLS handshake", self.handshake_timeout))
+                .and_then(|r| {
+                    r.map_err(|e| handshake_error(format!("TLS handshake with {dialled}"), e))
+                })?;
+        stream
+            .get_mut()
+            .1
+            .set_buffer_limit(Some(super::SEND_BUFFER_LIMIT));
         let codec = CodecKind::from_alpn(stream.get_ref().1.alpn_protocol());
         Ok(Established {
             stream: TlsStream::Client(stream),
