@@ -49,6 +49,7 @@ async fn a_go_agent_moves_256_mib_each_way_through_the_server_in_bounded_memory(
         .write_all(format!("{{\"type\":\"http_request\",\"payload\":{{\"id\":\"00000000000000d1\",\"method\":\"GET\",\"url\":\"http://{origin}/bytes/{SIZE}\",\"headers\":{{}}}}}}\n").as_bytes())
         .await
         .unwrap();
+    write.flush().await.unwrap();
     let download = tokio::time::timeout(PHASE_LIMIT, read_streamed_line(&mut read))
         .await
         .expect("the download hung: see docs/testing.md, \"Chasing a failure\"");
@@ -69,6 +70,9 @@ async fn a_go_agent_moves_256_mib_each_way_through_the_server_in_bounded_memory(
     let upload = async {
         write_base64_pattern(&mut write, SIZE).await;
         write.write_all(b"\"}}\n").await.unwrap();
+        // TLS may hold the last records until a flush (tokio-rustls returns from a write once
+        // rustls took the bytes, whether or not the socket did).
+        write.flush().await.unwrap();
         read_streamed_line(&mut read).await
     };
     let answer = tokio::time::timeout(PHASE_LIMIT, upload)
@@ -102,6 +106,7 @@ async fn a_target_failing_mid_body_gives_a_go_agent_a_502_not_a_short_body() {
         .write_all(format!("{{\"type\":\"http_request\",\"payload\":{{\"id\":\"00000000000000b1\",\"method\":\"GET\",\"url\":\"http://{origin}/broken/{}\",\"headers\":{{}}}}}}\n", 8 << 20).as_bytes())
         .await
         .unwrap();
+    write.flush().await.unwrap();
     let cut = read_streamed_line(&mut read).await;
     assert!(cut.head.contains("\"status_code\":200"), "{cut:?}");
     assert!(
@@ -207,6 +212,7 @@ async fn go_agent_session(
     let (read, mut write) = tokio::io::split(stream);
     let mut read = BufReader::with_capacity(256 * 1024, read);
     write.write_all(IAM).await.unwrap();
+    write.flush().await.unwrap();
     let answer = read_streamed_line(&mut read).await;
     assert!(answer.head.contains("iam_auth_response"), "{answer:?}");
     (server, read, write)
@@ -258,6 +264,7 @@ async fn go_format_server(dir: &std::path::Path) -> std::net::SocketAddr {
                             .write_all(b"{\"type\":\"iam_auth_response\",\"payload\":{\"id\":\"x\",\"ok\":true}}\n")
                             .await
                             .unwrap();
+                        write.flush().await.unwrap();
                         continue;
                     }
                     if !head.starts_with("{\"type\":\"http_request\"") {
@@ -282,6 +289,9 @@ async fn go_format_server(dir: &std::path::Path) -> std::net::SocketAddr {
                         write.write_all(encoded.as_bytes()).await.unwrap();
                     }
                     write.write_all(b"\"}}\n").await.unwrap();
+                    // Without it the answer's last records can stay in rustls while this
+                    // task waits for the next request, which never comes: a hang.
+                    write.flush().await.unwrap();
                     // (To tell, if the test hangs, whether the whole request line arrived.)
                     eprintln!(
                         "Go-format server: answered {id} after a {}-byte body (aborted: {})",

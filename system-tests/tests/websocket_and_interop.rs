@@ -177,6 +177,7 @@ async fn a_go_format_json_session_against_the_server(carrier: Carrier) {
         go_style_client(&tunnel, fluidity_core::pki::KeyAlgorithm::Rsa2048).await;
     let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
     write.write_all(b"{\"type\":\"iam_auth_request\",\"payload\":{\"id\":\"0123456789abcdef0123456789abcdef\",\"timestamp\":\"2025-12-10T12:34:56.123456789+02:00\",\"service\":\"tunnel\",\"region\":\"us-east-1\",\"access_key_id\":\"AKIDEXAMPLE\",\"signature\":\"AWS4-HMAC-SHA256 Credential=x\",\"signed_headers\":\"\"}}\n").await.unwrap();
+    write.flush().await.unwrap();
     let line = lines.next_line().await.unwrap().unwrap();
     assert_eq!(
         line,
@@ -188,6 +189,7 @@ async fn a_go_format_json_session_against_the_server(carrier: Carrier) {
         b64(b"0123456789")
     );
     write.write_all(request.as_bytes()).await.unwrap();
+    write.flush().await.unwrap();
     let line = lines.next_line().await.unwrap().unwrap();
     let response: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(response["type"], "http_response", "{line}");
@@ -262,6 +264,7 @@ async fn go_ws_open_is_served_by_the_server(carrier: Carrier) {
     let (mut lines, mut write) =
         go_style_client(&tunnel, fluidity_core::pki::KeyAlgorithm::EcdsaP256).await;
     write.write_all(b"{\"type\":\"iam_auth_request\",\"payload\":{\"id\":\"0123456789abcdef0123456789abcdef\",\"timestamp\":\"2025-12-10T12:34:56Z\",\"service\":\"tunnel\",\"region\":\"us-east-1\",\"access_key_id\":\"AKIDEXAMPLE\",\"signature\":\"x\",\"signed_headers\":\"\"}}\n").await.unwrap();
+    write.flush().await.unwrap();
     next(&mut lines).await;
     write
         .write_all(format!("{{\"type\":\"ws_open\",\"payload\":{{\"id\":\"feed000000000001\",\"url\":\"ws://{origin}/echo\",\"headers\":{{\"Origin\":[\"http://{origin}\"]}}}}}}\n").as_bytes())
@@ -358,8 +361,10 @@ async fn the_http_exit_verifies_https_targets(carrier: Carrier) {
         let (mut lines, mut write) =
             go_style_client(&tunnel, fluidity_core::pki::KeyAlgorithm::EcdsaP256).await;
         write.write_all(b"{\"type\":\"iam_auth_request\",\"payload\":{\"id\":\"0123456789abcdef0123456789abcdef\",\"timestamp\":\"2025-12-10T12:34:56Z\",\"service\":\"tunnel\",\"region\":\"us-east-1\",\"access_key_id\":\"AKIDEXAMPLE\",\"signature\":\"x\",\"signed_headers\":\"\"}}\n").await.unwrap();
+        write.flush().await.unwrap();
         next(&mut lines).await;
         write.write_all(request.as_bytes()).await.unwrap();
+        write.flush().await.unwrap();
         let line = next(&mut lines).await;
         let response: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(response["type"], "http_response", "{line}");
