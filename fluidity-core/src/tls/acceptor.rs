@@ -158,10 +158,7 @@ impl TlsAcceptor {
             .into_stream(config)
             .await
             .map_err(|e| handshake_error(context(), e))?;
-        stream
-            .get_mut()
-            .1
-            .set_buffer_limit(Some(super::SEND_BUFFER_LIMIT));
+        super::limit_send_buffer(stream.get_mut().1);
         let (_, connection) = stream.get_ref();
         if let ServerMode::Arn { .. } = &self.mode {
             check_peer_ip(connection.peer_certificates(), peer.ip())

@@ -104,10 +104,7 @@ impl TlsConnector {
                 .and_then(|r| {
                     r.map_err(|e| handshake_error(format!("TLS handshake with {dialled}"), e))
                 })?;
-        stream
-            .get_mut()
-            .1
-            .set_buffer_limit(Some(super::SEND_BUFFER_LIMIT));
+        super::limit_send_buffer(stream.get_mut().1);
         let codec = CodecKind::from_alpn(stream.get_ref().1.alpn_protocol());
         Ok(Established {
             stream: TlsStream::Client(stream),

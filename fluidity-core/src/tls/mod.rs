@@ -43,7 +43,6 @@ pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default deadline for the TCP connect to the server.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Turns a failed handshake's I/O error into the most precise [`Error`].
 /// Most encrypted bytes rustls holds for the socket (its default is 64 KiB). A write to the
 /// tunnel encrypts up to this much before it goes to the socket as one `writev`: at 64 KiB the
 /// sender made three times the system calls, and woke the peer three times as often, for the
@@ -51,6 +50,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// peer does not read, beside the session's output (`transmit_high_water`).
 pub(crate) const SEND_BUFFER_LIMIT: usize = 256 * 1024;
 
+/// Applies [`SEND_BUFFER_LIMIT`] to a tunnel's TLS connection once its handshake is done
+/// (either side).
+pub(crate) fn limit_send_buffer<Data>(connection: &mut rustls::ConnectionCommon<Data>) {
+    connection.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
+}
+
+/// Turns a failed handshake's I/O error into the most precise [`Error`].
 pub(crate) fn handshake_error(context: String, error: std::io::Error) -> Error {
     let tls = error
         .get_ref()
